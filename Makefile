@@ -1,0 +1,62 @@
+# The two commands of the course: `make lab` and `make test`. Everything else supports them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LOCK := requirements/lock.txt
+STAMP := $(VENV)/.installed
+TORCH_PIN := $(shell grep -E '^torch==' $(LOCK))
+KERNEL := tfx-course
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+PIP_NOISE := ^WARNING: Location .* is ignored
+# Progress bars: draw only the first and last state, so stored notebook outputs are stable.
+export TQDM_MININTERVAL := 1000
+export PYTHONHASHSEED := 0
+export MPLBACKEND := module://matplotlib_inline.backend_inline
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: setup lab test lint unit nbval notebooks lock clean help
+
+help:
+	@echo "make lab        set up .venv and open the course in JupyterLab"
+	@echo "make test       set up .venv and run every check (lint, unit tests, notebooks)"
+	@echo "make notebooks  re-run every lesson and store its outputs"
+
+$(STAMP): pyproject.toml $(LOCK)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on Linux.
+	set -o pipefail; $(PIP) "$(TORCH_PIN)" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	set -o pipefail; $(PIP) -e ".[dev]" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(BIN)/python -c "import torch, tfx_course, nbval, jupyterlab"
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (tfx_course)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) $(LAB_ARGS)
+
+lint: setup
+	$(BIN)/ruff check tfx_course tests benchmarks tools notebooks
+	$(BIN)/ruff format --check tfx_course tests benchmarks tools
+
+unit: setup
+	$(BIN)/python -m pytest -q -n 2 tests
+
+nbval: setup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
+
+test: lint unit nbval
+
+notebooks: setup
+	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Refresh the exact pins from the current .venv (after editing pyproject.toml's ranges).
+lock: setup
+	{ head -n 2 $(LOCK); $(BIN)/python -m pip freeze --exclude-editable 2>/dev/null \
+		| sed -E 's/^(torch==[0-9.]+)\+[a-z0-9]+$$/\1/'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)

@@ -1,0 +1,77 @@
+"""Tests that keep the project's set-up files consistent with each other."""
+
+import re
+from pathlib import Path
+
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_environment_yml_pins_match_the_lock_file():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pins = _lock_pins()
+    checked = 0
+    for requirement in pip_section:
+        if requirement.startswith("-e"):
+            continue
+        name, version = requirement.split("==")
+        key = name.lower().replace("_", "-")
+        assert key in pins, f"{name} is pinned in environment.yml but not in requirements/lock.txt"
+        assert pins[key] == version, f"{name}: environment.yml has {version}, lock has {pins[key]}"
+        checked += 1
+    assert checked >= 10
+
+
+def test_every_direct_dependency_is_locked_and_in_environment_yml():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env_text = (ROOT / "environment.yml").read_text().lower()
+    pins = _lock_pins()
+    for requirement in direct:
+        name = re.split(r"[<>=!~ \[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pins, f"{name} (pyproject.toml) has no exact pin in requirements/lock.txt"
+        assert f"{name}==" in env_text, f"{name} (pyproject.toml) is missing from environment.yml"
+
+
+def test_torch_is_pinned_without_a_local_build_tag():
+    # "+cpu" builds exist only on some platforms; the plain version installs everywhere.
+    assert re.fullmatch(r"\d+\.\d+\.\d+", _lock_pins()["torch"])
+
+
+def test_ci_calls_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "TFX_COURSE_DATA" in ci
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make lab" in readme
+
+
+def test_make_test_runs_lint_unit_and_strict_nbval():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*lint.*unit.*nbval", makefile, re.M)
+    assert "--nbval " in makefile or "--nbval\\" in makefile or "--nbval --" in makefile
+    assert "--nbval-lax" not in makefile
+    assert "--allow-root" in makefile
+
+
+def test_every_lesson_is_committed_with_outputs():
+    import json
+
+    lessons = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert lessons, "no lessons found"
+    for path in lessons:
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        unrun = [c for c in cells if c["source"] and c["execution_count"] is None]
+        assert not unrun, f"{path.name}: {len(unrun)} code cells have no stored outputs"

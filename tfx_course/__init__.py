@@ -1,0 +1,31 @@
+"""tfx_course: the helper library of a course that builds the Transformer from first principles.
+
+Shape legend, used in every docstring and shape comment:
+
+    B  batch size              T  target / query length     S  source / key length
+    C  d_model                 H  number of heads           D  d_head = C // H
+    V  vocabulary size
+
+Everything is batch-first. Masks are boolean with True = "may attend" and broadcast to
+(B, H, T, S).
+
+Usage in the notebooks: ``import tfx_course as tfx`` and qualified names, e.g.
+``tfx.attention.MultiHeadAttention`` or ``tfx.doctor()``.
+"""
+
+from tfx_course import attention, checks, device, repro
+from tfx_course.doctor import doctor
+from tfx_course.repro import seed_everything, setup_notebook
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "attention",
+    "checks",
+    "device",
+    "doctor",
+    "repro",
+    "seed_everything",
+    "setup_notebook",
+]

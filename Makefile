@@ -15,12 +15,13 @@ export PYTHONHASHSEED := 0
 export MPLBACKEND := module://matplotlib_inline.backend_inline
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+EXERCISES := $(sort $(wildcard exercises/[0-9][0-9]_*.ipynb))
 
-.PHONY: setup lab test lint unit nbval notebooks lock clean help
+.PHONY: setup lab test lint unit nbval grade notebooks lock clean help
 
 help:
 	@echo "make lab        set up .venv and open the course in JupyterLab"
-	@echo "make test       set up .venv and run every check (lint, unit tests, notebooks)"
+	@echo "make test       set up .venv and run every check (lint, unit tests, notebooks, exercises)"
 	@echo "make notebooks  re-run every lesson and store its outputs"
 
 $(STAMP): pyproject.toml $(LOCK)
@@ -48,7 +49,12 @@ nbval: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks
 
-test: lint unit nbval
+# Every solution must pass its checks; every untouched student notebook must fail them all.
+grade: setup
+	$(BIN)/tfx-course grade exercises/solutions --jobs 2
+	$(BIN)/tfx-course grade $(EXERCISES) --jobs 2 --expect not-attempted
+
+test: lint unit nbval grade
 
 notebooks: setup
 	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)

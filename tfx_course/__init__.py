@@ -13,7 +13,18 @@ Usage in the notebooks: ``import tfx_course as tfx`` and qualified names, e.g.
 ``tfx.attention.MultiHeadAttention`` or ``tfx.doctor()``.
 """
 
-from tfx_course import attention, checks, device, repro
+from tfx_course import (
+    attention,
+    checks,
+    data,
+    decoding,
+    device,
+    layers,
+    model,
+    repro,
+    training,
+    viz,
+)
 from tfx_course.doctor import doctor
 from tfx_course.repro import seed_everything, setup_notebook
 
@@ -23,9 +34,15 @@ __all__ = [
     "__version__",
     "attention",
     "checks",
+    "data",
+    "decoding",
     "device",
     "doctor",
+    "layers",
+    "model",
     "repro",
     "seed_everything",
     "setup_notebook",
+    "training",
+    "viz",
 ]

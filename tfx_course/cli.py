@@ -14,6 +14,44 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if (args.strict and report.problems) else 0
 
 
+def _data_download(args: argparse.Namespace) -> int:
+    from tfx_course.data.multi30k import Multi30kError, download_multi30k
+
+    try:
+        folder = download_multi30k(args.root, force=args.force)
+    except Multi30kError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"Multi30k: all files present and verified in {folder}")
+    return 0
+
+
+def _data_status(args: argparse.Namespace) -> int:
+    from tfx_course.data.multi30k import check_multi30k, multi30k_folder
+
+    states = check_multi30k(args.root)
+    print(f"Multi30k folder: {multi30k_folder(args.root)}")
+    for name, state in states.items():
+        print(f"  {state:<8} {name}")
+    bad = [name for name, state in states.items() if state != "ok"]
+    if bad:
+        print("Fix: run `tfx-course data download` (needs internet), or copy good files there.")
+    return 1 if bad else 0
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="download and check the course data (Multi30k)")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    root_help = "data folder holding multi30k/ (default: $TFX_COURSE_DATA or ~/.cache/tfx_course)"
+    p = data_sub.add_parser("download", help="fetch missing or corrupt files, check their sha256")
+    p.add_argument("--root", default=None, help=root_help)
+    p.add_argument("--force", action="store_true", help="download every file again")
+    p.set_defaults(func=_data_download)
+    p = data_sub.add_parser("status", help="say which files are ok, missing or corrupt")
+    p.add_argument("--root", default=None, help=root_help)
+    p.set_defaults(func=_data_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfx-course", description="Helpers for the tfx_course Transformer course."
@@ -22,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check Python, torch, the device and the course data")
     p.add_argument("--strict", action="store_true", help="exit with 1 if any problem is found")
     p.set_defaults(func=_doctor)
+    _add_data_commands(sub)
+    from tfx_course.grade_cli import add_commands as add_grade_commands
+
+    add_grade_commands(sub)
     return parser
 
 

@@ -7,7 +7,9 @@ import random
 import numpy as np
 import torch
 
-NOTEBOOK_THREADS = 2  # CPU float sums depend on the thread count; notebooks fix it
+# CPU float sums depend on the thread count, so notebooks fix it. One thread: the lessons'
+# models are small (threads barely help), and CI runs two notebooks at once on two cores.
+NOTEBOOK_THREADS = 1
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -1,5 +1,57 @@
 """Data for the course: where it is cached and how it is fetched and checked."""
 
+from tfx_course.data import batching, bpe, bucketing, multi30k, subword, synthetic, tokenizers
+from tfx_course.data.batching import Seq2SeqBatch, make_batch, make_batches, pad_sequences
+from tfx_course.data.bucketing import PaddingStats, make_token_batches, padding_stats, token_batches
 from tfx_course.data.cache import MULTI30K_FILES, data_home, multi30k_status
+from tfx_course.data.multi30k import (
+    ChecksumError,
+    DownloadError,
+    MissingDataError,
+    Multi30kError,
+    check_multi30k,
+    download_multi30k,
+    load_multi30k,
+)
+from tfx_course.data.subword import SubwordTokenizer, train_subword_tokenizer
+from tfx_course.data.synthetic import TASKS, make_pairs, tokenizer_for
+from tfx_course.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CharTokenizer, Tokenizer
 
 __all__ = ["MULTI30K_FILES", "data_home", "multi30k_status"]
+__all__ += [
+    "bpe",
+    "bucketing",
+    "multi30k",
+    "subword",
+    "ChecksumError",
+    "DownloadError",
+    "MissingDataError",
+    "Multi30kError",
+    "PaddingStats",
+    "SubwordTokenizer",
+    "check_multi30k",
+    "download_multi30k",
+    "load_multi30k",
+    "make_token_batches",
+    "padding_stats",
+    "token_batches",
+    "train_subword_tokenizer",
+]
+__all__ += [
+    "batching",
+    "synthetic",
+    "tokenizers",
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "TASKS",
+    "CharTokenizer",
+    "Seq2SeqBatch",
+    "Tokenizer",
+    "make_batch",
+    "make_batches",
+    "make_pairs",
+    "pad_sequences",
+    "tokenizer_for",
+]

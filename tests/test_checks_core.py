@@ -1,0 +1,118 @@
+"""What every check shares: it never crashes on learner code, and it reports its verdict."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from tfx_course import checks
+from tfx_course.checks.core import RAISE_ENV, RESULTS_ENV, TIMEOUT_ENV
+
+
+def _raises(*args, **kwargs):
+    raise ValueError("boom")
+
+
+def _hangs(*args, **kwargs):
+    while True:
+        pass
+
+
+def _not_done(*args, **kwargs):
+    raise NotImplementedError("exercise 'x': write your code here")
+
+
+def _exits(*args, **kwargs):
+    sys.exit(3)
+
+
+def _nan_scores(q, k):
+    return torch.full(q.shape[:-1] + (k.shape[-2],), float("nan"))
+
+
+ALL_CHECKS = [
+    checks.check_attention_scores,
+    checks.check_padding_mask,
+    checks.check_causal_mask,
+    checks.check_masked_softmax,
+    checks.check_attention,
+    checks.check_split_heads,
+    checks.check_merge_heads,
+    checks.check_multi_head_attention,
+]
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    ("fn", "fragment"),
+    [
+        (_raises, "raised ValueError: boom"),
+        (_not_done, "not attempted yet"),
+        (_exits, "raised SystemExit"),
+        (lambda *a, **k: None, "NoneType"),
+        (lambda *a, **k: "text", "str"),
+        (42, "expected a function or class, got int"),
+    ],
+    ids=["raises", "not-attempted", "exits", "none", "str", "not-callable"],
+)
+def test_broken_learner_code_fails_without_crashing(check, fn, fragment, capsys):
+    result = check(fn)
+    assert not result.passed
+    assert fragment in result.message
+    assert capsys.readouterr().out == f"FAIL [{result.name}] {result.message}\n"
+
+
+def test_a_hang_is_a_failure_after_the_time_limit():
+    result = checks.check_causal_mask(_hangs, timeout=0.2)
+    assert not result.passed
+    assert "did not return within 0.2 s" in result.message
+
+
+def test_the_time_limit_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(TIMEOUT_ENV, "0.1")
+    result = checks.check_split_heads(_hangs)
+    assert "did not return within 0.1 s" in result.message
+
+
+def test_nan_is_a_failure():
+    result = checks.check_attention_scores(_nan_scores)
+    assert not result.passed and "NaN" in result.message
+
+
+def test_verdicts_go_to_the_results_file(tmp_path, monkeypatch):
+    log = tmp_path / "results.jsonl"
+    monkeypatch.setenv(RESULTS_ENV, str(log))
+    checks.check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).tril())
+    checks.check_causal_mask(_raises)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["name"], r["passed"]) for r in lines] == [
+        ("causal_mask", True),
+        ("causal_mask", False),
+    ]
+    assert "boom" in lines[1]["message"]
+
+
+def test_raise_on_fail_mode_raises_for_nbgrader(monkeypatch):
+    monkeypatch.setenv(RAISE_ENV, "1")
+    with pytest.raises(checks.CheckFailed, match=r"FAIL \[causal_mask\]"):
+        checks.check_causal_mask(_raises)
+    assert checks.check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).tril()).passed
+
+
+def test_a_check_leaves_the_global_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    checks.check_multi_head_attention(lambda d, h: torch.nn.Linear(d, d))  # consumes randomness
+    checks.check_attention(_raises)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_result_is_truthy_only_when_passed():
+    good = checks.check_causal_mask(lambda n: torch.ones(n, n, dtype=torch.bool).tril())
+    bad = checks.check_causal_mask(_raises)
+    assert bool(good) and not bool(bad)
+    assert str(good).startswith("PASS [causal_mask] ")

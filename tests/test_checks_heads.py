@@ -1,0 +1,183 @@
+"""Lesson 02's checks: planted bugs are named, other correct implementations pass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tfx_course import attention as A
+from tfx_course import checks
+
+
+def _split_no_transpose(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads)
+
+
+def _split_straight(x, n_heads):
+    B, T, C = x.shape
+    return x.reshape(B, n_heads, T, C // n_heads)
+
+
+def _split_d_h(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, C // n_heads, n_heads).permute(0, 3, 1, 2)
+
+
+def _split_fixed_heads(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, 3, C // 3).transpose(1, 2)  # ignores n_heads
+
+
+def _merge_straight(x):
+    B, H, T, D = x.shape
+    return x.reshape(B, T, H * D)
+
+
+def _merge_view(x):
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).view(B, T, H * D)
+
+
+def _merge_d_h(x):
+    B, H, T, D = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, T, H * D)
+
+
+class _Attention(nn.Module):
+    """Multi-head attention with one planted bug (or none), named by ``bug``."""
+
+    bug = ""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, query, key, value, mask=None):
+        B, T, C = query.shape
+        H, D = self.n_heads, self.d_head
+        if self.bug == "kv_from_query":
+            key = value = query
+        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        if self.bug == "split_order":
+            q, k, v = (t.reshape(B, H, t.shape[1], D) for t in (q, k, v))
+        else:
+            q, k, v = (A.split_heads(t, H) for t in (q, k, v))
+        scale = math.sqrt(C) if self.bug == "scale_d_model" else math.sqrt(D)
+        scores = q @ k.transpose(-2, -1) / scale
+        if mask is not None and self.bug != "mask_ignored":
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(-1)
+        x = weights @ v
+        x = x.reshape(B, T, C) if self.bug == "merge_order" else A.merge_heads(x)
+        out = x if self.bug == "no_out_proj" else self.out_proj(x)
+        return out if self.bug == "out_only" else (out, weights)
+
+
+def _bugged(bug: str) -> type[nn.Module]:
+    return type(f"Attention_{bug}", (_Attention,), {"bug": bug})
+
+
+class _Renamed(nn.Module):
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.inner = A.MultiHeadAttention(d_model, n_heads)
+
+    def forward(self, query, key, value, mask=None):
+        return self.inner(query, key, value, mask)
+
+
+class _EinsumAttention(_Attention):
+    """A correct alternative: einsum, scaling q first, heads via unflatten and permute."""
+
+    def forward(self, query, key, value, mask=None):
+        H, D = self.n_heads, self.d_head
+
+        def heads(t):
+            return t.unflatten(-1, (H, D)).permute(0, 2, 1, 3)
+
+        q = heads(self.q_proj(query)) / math.sqrt(D)
+        k, v = heads(self.k_proj(key)), heads(self.v_proj(value))
+        scores = torch.einsum("bhtd,bhsd->bhts", q, k)
+        if mask is not None:
+            scores = torch.where(mask, scores, torch.tensor(-1e9))
+        weights = torch.softmax(scores, dim=-1)
+        x = torch.einsum("bhts,bhsd->bthd", weights, v).flatten(2)
+        return self.out_proj(x), weights
+
+
+BUGS = {
+    "split_heads": [
+        (_split_no_transpose, "transpose axes 1 and 2"),
+        (_split_straight, "reshaped straight to (B, H, T, D)"),
+        (_split_d_h, "features split as (D, H)"),
+        (_split_fixed_heads, "n_heads=2"),
+        (lambda x, n: _split_straight(x, n).numpy(), "should be a torch.Tensor"),
+    ],
+    "merge_heads": [
+        (_merge_straight, "without moving the head axis back"),
+        (_merge_view, "use .reshape(...) or .contiguous().view(...)"),
+        (_merge_d_h, "features interleaved as (D, H)"),
+        (lambda x: x.transpose(1, 2), "expected (2, 5, 12)"),
+    ],
+    "multi_head_attention": [
+        (_bugged("split_order"), "heads split in the wrong order"),
+        (_bugged("merge_order"), "heads merged in the wrong order"),
+        (_bugged("no_out_proj"), "output projection missing"),
+        (_bugged("scale_d_model"), "sqrt(d_model) instead of sqrt(d_head)"),
+        (_bugged("kv_from_query"), "projected from `key` and `value`"),
+        (_bugged("mask_ignored"), "blocked positions get non-zero weight"),
+        (_bugged("out_only"), "should return a pair"),
+        (_Renamed, "parameter names differ"),
+    ],
+}
+
+ALTERNATIVES = {
+    "split_heads": [
+        lambda x, n: x.unflatten(-1, (n, x.shape[-1] // n)).permute(0, 2, 1, 3),
+        lambda x, n: torch.stack(x.chunk(n, dim=-1), dim=1),
+    ],
+    "merge_heads": [
+        lambda x: torch.cat(x.unbind(1), dim=-1),
+        lambda x: x.permute(0, 2, 1, 3).flatten(2),
+        lambda x: x.transpose(1, 2).contiguous().view(x.shape[0], x.shape[2], -1),
+    ],
+    "multi_head_attention": [_Attention, _EinsumAttention, A.MultiHeadAttention],
+}
+
+CHECKS = {
+    "split_heads": checks.check_split_heads,
+    "merge_heads": checks.check_merge_heads,
+    "multi_head_attention": checks.check_multi_head_attention,
+}
+
+CASES = [(name, fn, fragment) for name, bugs in BUGS.items() for fn, fragment in bugs]
+
+
+@pytest.mark.parametrize(("name", "bug", "fragment"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_planted_bug_is_named(name, bug, fragment):
+    result = CHECKS[name](bug)
+    assert not result.passed
+    assert fragment in result.message
+
+
+@pytest.mark.parametrize(
+    ("name", "fn"), [(name, fn) for name, fns in ALTERNATIVES.items() for fn in fns]
+)
+def test_other_correct_implementation_passes(name, fn):
+    result = CHECKS[name](fn)
+    assert result.passed, result.message
+
+
+def test_every_exercise_has_three_bugs_and_an_alternative():
+    from tfx_course.exercises import LESSONS
+
+    for name in LESSONS["02"]:
+        assert len(BUGS[name]) >= 3 and len(ALTERNATIVES[name]) >= 1, name

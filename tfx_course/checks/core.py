@@ -1,0 +1,260 @@
+"""The machinery every check shares: results, time limits, safe calls and comparisons.
+
+A check runs the learner's code through ``call`` (which turns an exception, a hang or
+``NotImplementedError`` into a ``Fail`` with a readable sentence), compares what came back
+with the reference and with planted mistakes, and reports through ``run_check``: one line
+``PASS [name] ...`` or ``FAIL [name] ...`` for the learner, and, when the grader asks for it
+(``$TFX_COURSE_RESULTS``), one JSON line in a results file that the grader reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_TIMEOUT = 10.0
+TIMEOUT_ENV = "TFX_COURSE_CHECK_TIMEOUT"  # seconds each call of learner code may take
+RESULTS_ENV = "TFX_COURSE_RESULTS"  # file the grader reads: one JSON object per check
+RAISE_ENV = "TFX_COURSE_RAISE_ON_FAIL"  # "1": a failed check raises (for nbgrader)
+NOT_ATTEMPTED = "not attempted yet"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict of one check: its name, whether it passed, and what to do next."""
+
+    name: str
+    passed: bool
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'} [{self.name}] {self.message}"
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def _ipython_display_(self) -> None:
+        """Show nothing: the check already printed its verdict."""
+
+
+class CheckFailed(AssertionError):
+    """Raised by a failed check when ``$TFX_COURSE_RAISE_ON_FAIL`` is set (nbgrader mode)."""
+
+
+class Fail(Exception):
+    """A failed step; its message is shown to the learner."""
+
+
+class _Timeout(BaseException):
+    """Raised inside learner code that runs past the time limit."""
+
+
+def default_timeout() -> float:
+    """Return the time limit for one call of learner code (``$TFX_COURSE_CHECK_TIMEOUT``)."""
+    try:
+        return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield  # signals only work in the main thread; run without a limit elsewhere
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def call(what: str, fn: Any, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    """Call learner code, turning an exception, a hang or a non-callable into a ``Fail``."""
+    limit = default_timeout() if timeout is None else timeout
+    if not callable(fn):
+        raise Fail(f"{what}: expected a function or class, got {type(fn).__name__}")
+    try:
+        with _time_limit(limit):
+            return fn(*args, **kwargs)
+    except NotImplementedError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        raise Fail(f"{NOT_ATTEMPTED}: {what} raised NotImplementedError{detail}") from None
+    except _Timeout:
+        raise Fail(f"{what} did not return within {limit:g} s (an endless loop?)") from None
+    except (Exception, SystemExit) as exc:  # the learner's bug, reported rather than raised
+        text = _first_line(str(exc))
+        raise Fail(f"{what} raised {type(exc).__name__}: {text}{_hint(text)}") from None
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# PyTorch errors whose cure is not obvious from their text.
+_HINTS = {
+    "view size is not compatible": "after transpose or permute the tensor is not contiguous; "
+    "use .reshape(...) or .contiguous().view(...)",
+    "must match the size of tensor": "two shapes do not line up; print the .shape of each "
+    "operand (batched tensors need .transpose(-2, -1), not .T)",
+    "shapes cannot be multiplied": "the inner sizes of a matrix product differ; print the "
+    ".shape of each operand",
+    "dimension out of range": "the tensor has fewer axes than you index; count from the end "
+    "(dim=-1) to work for any number of leading axes",
+}
+
+
+def _hint(text: str) -> str:
+    for needle, hint in _HINTS.items():
+        if needle in text.lower():
+            return f" (hint: {hint})"
+    return ""
+
+
+def _record(result: CheckResult) -> None:
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(asdict(result)) + "\n")
+    except OSError:
+        pass  # the printed line is still there for the grader to read
+
+
+def run_check(name: str, steps: Callable[[], str]) -> CheckResult:
+    """Run a check's steps, print and record the verdict, and return it.
+
+    The global random state is restored afterwards, so a check cell does not change
+    what the rest of the notebook computes.
+    """
+    with torch.random.fork_rng(devices=[]):
+        try:
+            result = CheckResult(name, True, steps())
+        except Fail as failure:
+            result = CheckResult(name, False, str(failure))
+        except Exception as exc:  # a check must never crash on learner code
+            message = f"the check could not run: {type(exc).__name__}: {exc}"
+            result = CheckResult(name, False, message)
+    print(result, flush=True)
+    _record(result)
+    if not result.passed and os.environ.get(RAISE_ENV, "") not in ("", "0"):
+        raise CheckFailed(str(result))
+    return result
+
+
+# --- comparing what came back ---------------------------------------------------------
+
+
+def shape_str(shape: Tensor | Sequence[int]) -> str:
+    """Format a shape as ``(2, 3, 4)``."""
+    dims = shape.shape if isinstance(shape, Tensor) else shape
+    return "(" + ", ".join(str(n) for n in dims) + ")"
+
+
+def close(a: Tensor, b: Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
+    """Return whether two tensors have the same shape and values (compared in float64)."""
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape:
+        return False
+    return torch.allclose(a.detach().double(), b.detach().double(), atol=atol, rtol=rtol)
+
+
+def max_gap(a: Tensor, b: Tensor) -> float:
+    """Return the largest absolute difference between two same-shaped tensors."""
+    return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+def expect_tensor(
+    value: Any,
+    what: str,
+    *,
+    shape: Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+    finite: bool = True,
+) -> Tensor:
+    """Return ``value`` if it is a tensor of the given shape and dtype, else ``Fail``."""
+    if not isinstance(value, Tensor):
+        raise Fail(f"{what} should be a torch.Tensor, got {type(value).__name__}")
+    if dtype is not None and value.dtype != dtype:
+        raise Fail(f"{what} has dtype {value.dtype}, expected {dtype}")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise Fail(f"{what} has shape {shape_str(value)}, expected {shape_str(shape)}")
+    if finite and value.dtype.is_floating_point and not torch.isfinite(value).all():
+        raise Fail(
+            f"{what} contains NaN or inf: look for -inf in a fully blocked row, a division "
+            "by zero, or log of 0"
+        )
+    return value.detach()
+
+
+def expect_pair(result: Any, what: str) -> tuple[Tensor, Tensor]:
+    """Return ``(out, weights)`` if ``result`` is a pair of finite float tensors."""
+    if not (isinstance(result, tuple | list) and len(result) == 2):
+        raise Fail(f"{what} should return a pair (out, weights), got {type(result).__name__}")
+    out, weights = result
+    for label, t in (("out", out), ("weights", weights)):
+        if not isinstance(t, Tensor):
+            raise Fail(f"{what} returned {label} of type {type(t).__name__}, expected a tensor")
+        if not t.dtype.is_floating_point:
+            raise Fail(f"{what} returned {label} with dtype {t.dtype}, expected floating point")
+        if not torch.isfinite(t).all():
+            raise Fail(
+                f"{what} returned {label} containing NaN or inf: fill blocked scores with "
+                "torch.finfo(scores.dtype).min rather than -inf, and check for division by zero"
+            )
+    return out.detach(), weights.detach()
+
+
+def diagnose(got: Tensor, mistakes: Mapping[str, Callable[[], Tensor]], **tol: float) -> None:
+    """Raise ``Fail`` with the message of the first planted mistake that ``got`` matches."""
+    for message, variant in mistakes.items():
+        try:
+            expected = variant()
+        except Exception:  # a mistake that cannot even be computed for these inputs
+            continue
+        if close(got, expected, **tol):
+            raise Fail(message)
+
+
+def is_float(x: Any) -> bool:
+    """Return whether ``x`` is a real number (a Python or NumPy float or int, not a bool)."""
+    if isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def load_reference_weights(module: nn.Module, ref: nn.Module, names: str) -> None:
+    """Copy ``ref``'s weights into the learner's module, or ``Fail`` naming what differs."""
+    own = {name for name, _ in module.named_parameters()}
+    needed = {name for name, _ in ref.named_parameters()}
+    missing, unexpected = sorted(needed - own), sorted(own - needed)
+    if missing or unexpected:
+        raise Fail(
+            f"parameter names differ from the course's ({names}): missing {missing}, "
+            f"unexpected {unexpected}"
+        )
+    try:
+        module.load_state_dict(ref.state_dict(), strict=False)
+    except RuntimeError as exc:
+        raise Fail(f"parameters have the wrong shapes: {exc}") from None

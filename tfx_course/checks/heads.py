@@ -1,0 +1,209 @@
+"""Checks for lesson 02: splitting and merging heads, and multi-head attention.
+
+Shapes: B batch, H heads, T queries, S keys, C = d_model, D = d_head = C // H.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tfx_course.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    merge_heads,
+    padding_mask,
+    split_heads,
+)
+from tfx_course.checks.core import (
+    CheckResult,
+    Fail,
+    call,
+    close,
+    diagnose,
+    expect_pair,
+    expect_tensor,
+    load_reference_weights,
+    max_gap,
+    run_check,
+    shape_str,
+)
+
+__all__ = ["check_split_heads", "check_merge_heads", "check_multi_head_attention"]
+
+
+# --- split and merge ----------------------------------------------------------------
+
+
+def _split_case(fn: Callable[..., Any], x: Tensor, H: int, timeout: float | None) -> None:
+    B, T, C = x.shape
+    D = C // H
+    got = call(f"split_heads(x, n_heads={H})", fn, x.clone(), H, timeout=timeout)
+    got = expect_tensor(got, "the result", dtype=x.dtype)
+    if got.shape == (B, T, H, D):
+        raise Fail(
+            f"the result has shape {shape_str(got)} = (B, T, H, D): transpose axes 1 and 2 "
+            "to get (B, H, T, D), so each head sees all positions"
+        )
+    expect_tensor(got, f"for x {shape_str(x)} and n_heads={H}, the result", shape=(B, H, T, D))
+    if close(got, x.view(B, T, H, D).transpose(1, 2), atol=0):  # (B, H, T, D)
+        return
+    mistakes = {
+        "reshaped straight to (B, H, T, D), which mixes positions and heads: view as "
+        "(B, T, H, D) first, then transpose(1, 2)": lambda: x.reshape(B, H, T, D),
+        "features split as (D, H) instead of (H, D): each head takes a contiguous block "
+        "of d_head features, view(B, T, H, D)": lambda: x.view(B, T, D, H).permute(0, 3, 1, 2),
+    }
+    diagnose(got, mistakes, atol=0)
+    raise Fail(
+        f"for n_heads={H} the heads are wrong: head h, position t should hold x[b, t, h*D:(h+1)*D]"
+    )
+
+
+def _split_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    gen = torch.Generator().manual_seed(0)
+    for B, T, H, D in ((2, 5, 3, 4), (1, 3, 2, 6)):
+        _split_case(fn, torch.randn(B, T, H * D, generator=gen), H, timeout)
+    return "shape (B, H, T, D) and head h holding features h*D:(h+1)*D, for two head counts"
+
+
+def check_split_heads(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check ``fn(x, n_heads)``: ``(B, T, C)`` -> ``(B, H, T, D)``."""
+    return run_check("split_heads", lambda: _split_steps(fn, timeout))
+
+
+def _merge_case(fn: Callable[..., Any], x: Tensor, timeout: float | None) -> None:
+    B, H, T, D = x.shape
+    got = call("merge_heads(x)", fn, x.clone(), timeout=timeout)
+    got = expect_tensor(got, "the result", dtype=x.dtype)
+    expect_tensor(got, f"for x (B, H, T, D) = {shape_str(x)}, the result", shape=(B, T, H * D))
+    if close(got, x.transpose(1, 2).reshape(B, T, H * D), atol=0):  # (B, T, C)
+        return
+    mistakes = {
+        "reshaped without moving the head axis back: transpose(1, 2) to (B, T, H, D) "
+        "before reshaping to (B, T, C)": lambda: x.reshape(B, T, H * D),
+        "features interleaved as (D, H): concatenate the heads, so merge (B, T, H, D) "
+        "into (B, T, H * D)": lambda: x.permute(0, 2, 3, 1).reshape(B, T, H * D),
+    }
+    diagnose(got, mistakes, atol=0)
+    raise Fail("the heads are merged wrongly: it must undo split_heads exactly")
+
+
+def _merge_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((2, 3, 5, 4), (1, 2, 3, 6)):
+        _merge_case(fn, torch.randn(*shape, generator=gen), timeout)
+    return "shape (B, T, H * D) and heads concatenated in order; it undoes split_heads"
+
+
+def check_merge_heads(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check ``fn(x)``: ``(B, H, T, D)`` -> ``(B, T, H * D)``, the inverse of split_heads."""
+    return run_check("merge_heads", lambda: _merge_steps(fn, timeout))
+
+
+# --- multi-head attention -----------------------------------------------------------
+
+
+def _mha_reference(ref: MultiHeadAttention, query, key, value, mask, bug: str = "") -> Tensor:
+    """The reference forward pass, or the same with one common mistake planted."""
+    B, T, C = query.shape
+    H, D = ref.n_heads, ref.d_head
+    if bug == "kv_from_query":
+        key = value = query
+    q, k, v = ref.q_proj(query), ref.k_proj(key), ref.v_proj(value)
+    if bug == "split_order":
+        q, k, v = (t.reshape(B, H, t.shape[1], D) for t in (q, k, v))  # (B, H, T, D), wrongly
+    else:
+        q, k, v = (split_heads(t, H) for t in (q, k, v))  # (B, H, T, D)
+    scale = {"no_scale": 1.0, "scale_d_model": 1 / math.sqrt(C)}.get(bug, 1 / math.sqrt(D))
+    scores = q @ k.transpose(-2, -1) * scale  # (B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    x = scores.softmax(dim=-1) @ v  # (B, H, T, D)
+    x = x.reshape(B, T, C) if bug == "merge_order" else merge_heads(x)  # (B, T, C)
+    return x if bug == "no_out_proj" else ref.out_proj(x)
+
+
+_MHA_BUGS = {
+    "split_order": "heads split in the wrong order: view as (B, T, H, D), then transpose(1, 2) "
+    "to (B, H, T, D); reshaping straight to (B, H, T, D) mixes positions and heads",
+    "merge_order": "heads merged in the wrong order: transpose(1, 2) back to (B, T, H, D) "
+    "before reshaping to (B, T, C)",
+    "no_out_proj": "output projection missing: pass the merged heads through out_proj",
+    "no_scale": "missing 1/sqrt(d_head) scaling of the scores",
+    "scale_d_model": "scaled by sqrt(d_model) instead of sqrt(d_head): each head's "
+    "dot products have d_head terms",
+    "kv_from_query": "keys and values must be projected from `key` and `value`, not `query`",
+}
+
+
+def _mha_steps(factory: Callable[..., Any], timeout: float | None) -> str:
+    d_model, n_heads = 16, 4
+    name = getattr(factory, "__name__", "it")
+    module = call(f"{name}(16, 4)", factory, d_model, n_heads, timeout=timeout)
+    if not isinstance(module, nn.Module):
+        raise Fail(f"{name}(d_model, n_heads) gave {type(module).__name__}, not an nn.Module")
+    torch.manual_seed(0)
+    ref = MultiHeadAttention(d_model, n_heads).eval()
+    if not any("out_proj" in name for name, _ in module.named_parameters()):
+        raise Fail(
+            "your module has no out_proj: multi-head attention ends with an output projection "
+            "nn.Linear(d_model, d_model) named out_proj"
+        )
+    load_reference_weights(module, ref, "q_proj, k_proj, v_proj, out_proj")
+    module.eval()
+    gen = torch.Generator().manual_seed(1)
+    query, memory = (
+        torch.randn(2, 4, d_model, generator=gen),
+        torch.randn(2, 6, d_model, generator=gen),
+    )
+    with torch.no_grad():
+        got = call("forward(query, key, value)", module, query, memory, memory, timeout=timeout)
+        out, weights = expect_pair(got, "forward")
+        expected = _mha_reference(ref, query, memory, memory, None)
+        expect_tensor(out, "out", shape=expected.shape)
+        if weights.shape == (2, n_heads, 4, 4):
+            raise Fail(
+                "weights have shape (B, H, T, T) although key has S=6 positions: keys and values "
+                "must be projected from `key` and `value`, not `query`"
+            )
+        expect_tensor(weights, "weights, (B, H, T, S),", shape=(2, n_heads, 4, 6))
+        if not close(out, expected):
+            for bug, message in _MHA_BUGS.items():
+                if close(out, _mha_reference(ref, query, memory, memory, None, bug)):
+                    raise Fail(message)
+            raise Fail(
+                f"output differs from the reference by up to {max_gap(out, expected):.3g} "
+                "with copied weights"
+            )
+        keep = torch.tensor([[True] * 4, [True, True, False, False]])
+        mask = padding_mask(keep) & causal_mask(4)
+        got = call("forward with a mask", module, query, query, query, mask=mask, timeout=timeout)
+        out_m, weights_m = expect_pair(got, "forward with a mask")
+        if weights_m.shape == (2, n_heads, 4, 4) and (weights_m * ~mask).abs().max() > 0:
+            raise Fail(
+                "with a mask, blocked positions get non-zero weight: pass the mask on to the "
+                "attention (True = may attend)"
+            )
+        if not close(out_m, _mha_reference(ref, query, query, query, mask)):
+            raise Fail("with a padding and causal mask, the output differs from the reference")
+    return (
+        "parameter names, shapes, head split and merge, scaling, output projection, masks "
+        "and parity with the course's MultiHeadAttention all agree"
+    )
+
+
+def check_multi_head_attention(
+    factory: Callable[..., Any], timeout: float | None = None
+) -> CheckResult:
+    """Check a multi-head attention class, called as ``factory(d_model, n_heads)``.
+
+    The module must name its parameters like the course (``q_proj``, ``k_proj``,
+    ``v_proj``, ``out_proj``) and return ``(out, weights)`` from
+    ``forward(query, key, value, mask=None)``; the check copies the reference weights in.
+    """
+    return run_check("multi_head_attention", lambda: _mha_steps(factory, timeout))

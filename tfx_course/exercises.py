@@ -1,0 +1,165 @@
+"""The exercises: which lesson has which, and the generator of the student notebooks.
+
+The sources live in ``exercises/solutions/NN_topic.ipynb``. Each answer sits between
+nbgrader's ``### BEGIN SOLUTION`` and ``### END SOLUTION`` markers, in a cell whose
+metadata names its exercise (``{"tfx_course": {"exercise": ID, "role": "solution"}}``);
+the exercise's check cell carries ``"role": "check"`` and calls ``check_ID``. The student
+notebook ``exercises/NN_topic.ipynb`` is the same notebook with every answer replaced by
+``raise NotImplementedError(...)`` and every output cleared.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbformat import NotebookNode
+
+__all__ = [
+    "LESSONS",
+    "BEGIN",
+    "END",
+    "ExerciseError",
+    "BuildResult",
+    "lesson_of",
+    "exercise_cells",
+    "strip_solutions",
+    "student_notebook",
+    "build",
+]
+
+# The exercises of each lesson, in notebook order. The grader expects exactly these
+# results from a lesson's notebook; a test keeps them in step with the solutions.
+LESSONS: dict[str, tuple[str, ...]] = {
+    "01": ("attention_scores", "padding_mask", "causal_mask", "masked_softmax", "attention"),
+    "02": ("split_heads", "merge_heads", "multi_head_attention"),
+    "03": ("sinusoidal_encoding", "embed_tokens"),
+    "04": ("layer_norm", "pre_ln_residual", "post_ln_residual"),
+    "05": ("feed_forward", "encoder_layer"),
+    "06": ("target_mask", "decoder_layer"),
+    "07": ("label_smoothing", "warmup_schedule", "greedy_decode"),
+}
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+META = "tfx_course"  # the key of the course's cell and notebook metadata
+_LESSON_NAME = re.compile(r"(?<![0-9])([0-9]{2})_[A-Za-z0-9_]+\.ipynb$")
+
+
+class ExerciseError(ValueError):
+    """A solution notebook breaks the conventions the generator and grader rely on."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """One student notebook: where it goes and whether the committed file was stale."""
+
+    source: Path
+    target: Path
+    stale: bool
+
+
+def lesson_of(path: Path | str, nb: NotebookNode | None = None) -> str | None:
+    """Return the lesson number ``"NN"`` of a notebook, from its metadata or its file name."""
+    if nb is not None:
+        lesson = nb.metadata.get(META, {}).get("lesson")
+        if isinstance(lesson, str) and lesson:
+            return lesson
+    match = _LESSON_NAME.search(Path(path).name)
+    return match.group(1) if match else None
+
+
+def exercise_cells(nb: NotebookNode, role: str) -> dict[str, int]:
+    """Map each exercise to the index of its cell with the given role (solution or check)."""
+    found: dict[str, int] = {}
+    for index, cell in enumerate(nb.cells):
+        meta = cell.metadata.get(META, {})
+        if meta.get("role") == role and "exercise" in meta:
+            found.setdefault(meta["exercise"], index)
+    return found
+
+
+def strip_solutions(source: str, exercise: str, markdown: bool = False) -> str:
+    """Replace every BEGIN/END SOLUTION region of a cell with a placeholder."""
+    lines, out, inside = source.split("\n"), [], False
+    for number, line in enumerate(lines, start=1):
+        marker = line.strip()
+        if marker == BEGIN:
+            if inside:
+                raise ExerciseError(f"{exercise}: nested {BEGIN} at line {number}")
+            inside, indent = True, line[: len(line) - len(line.lstrip())]
+            if markdown:
+                out.append(f"{indent}_Your answer here._")
+            else:
+                message = f"exercise {exercise!r}: write your code here"
+                out += [
+                    f"{indent}# YOUR CODE HERE",
+                    f"{indent}raise NotImplementedError({message!r})",
+                ]
+        elif marker == END:
+            if not inside:
+                raise ExerciseError(f"{exercise}: {END} without {BEGIN} at line {number}")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ExerciseError(f"{exercise}: {BEGIN} is never closed by {END}")
+    return "\n".join(out)
+
+
+def _validate(nb: NotebookNode, name: str) -> None:
+    solutions, checks = exercise_cells(nb, "solution"), exercise_cells(nb, "check")
+    for index, cell in enumerate(nb.cells):
+        if BEGIN in cell.source and cell.metadata.get(META, {}).get("role") != "solution":
+            raise ExerciseError(
+                f"{name}, cell {index + 1}: has {BEGIN} but its metadata does not mark it "
+                f'as a solution ({{"{META}": {{"exercise": ..., "role": "solution"}}}})'
+            )
+    for exercise, index in solutions.items():
+        if BEGIN not in nb.cells[index].source:
+            raise ExerciseError(f"{name}: the solution cell of {exercise} has no {BEGIN}")
+        if exercise not in checks:
+            raise ExerciseError(f"{name}: exercise {exercise} has no check cell")
+        if f"check_{exercise}(" not in nb.cells[checks[exercise]].source:
+            raise ExerciseError(
+                f"{name}: the check cell of {exercise} does not call check_{exercise}"
+            )
+
+
+def student_notebook(solution: NotebookNode, name: str = "notebook") -> NotebookNode:
+    """Return the student version of a solution notebook: answers removed, outputs cleared."""
+    _validate(solution, name)
+    nb = copy.deepcopy(solution)
+    for cell in nb.cells:
+        exercise = cell.metadata.get(META, {}).get("exercise", "?")
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("execution", None)
+        if BEGIN in cell.source:
+            cell.source = strip_solutions(cell.source, exercise, cell.cell_type == "markdown")
+    return nb
+
+
+def _text(nb: NotebookNode) -> str:
+    text = nbformat.writes(nb)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def build(solutions: Path, out: Path, check: bool = False) -> list[BuildResult]:
+    """Write the student notebook of every ``solutions/NN_*.ipynb`` into ``out``.
+
+    With ``check=True`` nothing is written; the results say which files are stale.
+    """
+    results = []
+    for source in sorted(solutions.glob("[0-9][0-9]_*.ipynb")):
+        text = _text(student_notebook(nbformat.read(source, as_version=4), source.name))
+        target = out / source.name
+        stale = not target.exists() or target.read_text(encoding="utf-8") != text
+        if stale and not check:
+            target.write_text(text, encoding="utf-8")
+        results.append(BuildResult(source, target, stale))
+    if not results:
+        raise ExerciseError(f"no solution notebooks (NN_topic.ipynb) found in {solutions}")
+    return results

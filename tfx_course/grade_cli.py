@@ -1,0 +1,167 @@
+"""The ``tfx-course grade``, ``check`` and ``exercises build`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tfx_course.grading import DEFAULT_KERNEL, NotebookReport
+
+EXPECT = ("pass", "not-attempted")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds each cell may run (60)")
+    p.add_argument(
+        "--check-timeout",
+        type=float,
+        default=None,
+        help="seconds each call of learner code may take inside a check (10)",
+    )
+    p.add_argument(
+        "--kernel",
+        default=DEFAULT_KERNEL,
+        help=f"Jupyter kernel to run the notebooks with ({DEFAULT_KERNEL}: this Python)",
+    )
+
+
+def _unexpected(reports: list[NotebookReport], expect: str) -> list[str]:
+    bad = []
+    for report in reports:
+        for r in report.results:
+            if expect == "pass" and not r.passed:
+                bad.append(f"{r.student}/{r.notebook} {r.exercise}: {r.message}")
+            if expect == "not-attempted" and r.attempted:
+                verdict = "passed" if r.passed else f"failed otherwise: {r.message}"
+                bad.append(f"{r.student}/{r.notebook} {r.exercise} {verdict}")
+    return bad
+
+
+def _report(reports: list[NotebookReport], args: argparse.Namespace, seconds: float) -> int:
+    from tfx_course import grade_report
+
+    print(grade_report.format_table(reports))
+    print(f"\n{grade_report.summary(reports)} in {seconds:.1f} s")
+    for option, write in (
+        ("junit", grade_report.write_junit),
+        ("csv", grade_report.write_csv),
+        ("markdown", grade_report.write_markdown),
+    ):
+        if getattr(args, option, None):
+            write(reports, getattr(args, option))
+    bad = _unexpected(reports, args.expect)
+    if bad and args.expect != "pass":
+        print(f"\nExpected every exercise to be {args.expect}, but:", *bad, sep="\n  ")
+    return 1 if bad else 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from tfx_course.grading import grade
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"error: not found: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    reports = grade(
+        args.paths,
+        timeout=args.timeout,
+        kernel=args.kernel,
+        jobs=args.jobs,
+        check_timeout=args.check_timeout,
+    )
+    if not reports:
+        print("error: no notebooks (.ipynb) found in the given paths", file=sys.stderr)
+        return 2
+    return _report(reports, args, time.perf_counter() - start)
+
+
+def _find_exercise(lesson: str, folder: Path) -> Path | None:
+    for place in (folder, Path(".")):
+        found = sorted(place.glob(f"{lesson}_*.ipynb"))
+        if found:
+            return found[0]
+    return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    from tfx_course.grading import grade_notebook
+
+    if not args.lesson.isdigit():
+        print(f"error: give a lesson number such as 01, got {args.lesson!r}", file=sys.stderr)
+        return 2
+    lesson = f"{int(args.lesson):02d}"
+    path = Path(args.path) if args.path else _find_exercise(lesson, Path(args.folder))
+    if path is None or not path.exists():
+        print(
+            f"error: no notebook {lesson}_*.ipynb in {args.folder}/ or here; "
+            "run this from the course folder, or pass --path",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"Grading {path} as saved on disk (save it in JupyterLab first)...\n", flush=True)
+    start = time.perf_counter()
+    report = grade_notebook(
+        path,
+        student="you",
+        timeout=args.timeout,
+        kernel=args.kernel,
+        check_timeout=args.check_timeout,
+    )
+    args.expect = "pass"
+    return _report([report], args, time.perf_counter() - start)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from tfx_course.exercises import ExerciseError, build
+
+    try:
+        results = build(Path(args.solutions), Path(args.out), check=args.check)
+    except ExerciseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    stale = [r for r in results if r.stale]
+    for r in results:
+        state = ("stale" if args.check else "written") if r.stale else "up to date"
+        print(f"{state:<11} {r.target}")
+    if args.check and stale:
+        print("Student notebooks are stale: run `tfx-course exercises build`.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``grade``, ``check`` and ``exercises`` to the ``tfx-course`` command."""
+    p = sub.add_parser("grade", help="run exercise notebooks and print one result per exercise")
+    p.add_argument(
+        "paths", nargs="+", help="notebooks, or folders of them (one subfolder per student)"
+    )
+    _add_run_options(p)
+    p.add_argument("--jobs", type=int, default=1, help="notebooks to run at once (1)")
+    p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    p.add_argument("--csv", metavar="FILE", help="also write CSV")
+    p.add_argument("--markdown", metavar="FILE", help="also write a Markdown table")
+    p.add_argument(
+        "--expect",
+        choices=EXPECT,
+        default="pass",
+        help="exit 0 only if every exercise passed (pass) or every one is untouched (not-attempted)",
+    )
+    p.set_defaults(func=_grade)
+
+    p = sub.add_parser("check", help="grade your own exercise notebook for one lesson")
+    p.add_argument("lesson", help="lesson number, e.g. 01")
+    p.add_argument("--path", help="the notebook (default: exercises/NN_*.ipynb)")
+    p.add_argument("--folder", default="exercises", help=argparse.SUPPRESS)
+    _add_run_options(p)
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser("exercises", help="build the student notebooks from the solutions")
+    ex_sub = p.add_subparsers(dest="exercises_command", required=True, metavar="ACTION")
+    b = ex_sub.add_parser("build", help="write exercises/NN_*.ipynb from exercises/solutions/")
+    b.add_argument("--solutions", default="exercises/solutions", help="source notebooks")
+    b.add_argument("--out", default="exercises", help="where the student notebooks go")
+    b.add_argument("--check", action="store_true", help="write nothing; exit 1 if any is stale")
+    b.set_defaults(func=_build)

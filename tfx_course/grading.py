@@ -1,0 +1,272 @@
+"""Grade exercise notebooks: run each in a fresh kernel and collect one result per exercise.
+
+Every check reports its verdict twice: the ``PASS [id] ...`` line the learner sees, and a
+JSON line in the file named by ``$TFX_COURSE_RESULTS``, which the grader sets for each
+kernel (the printed lines are the fallback for a kernel that does not write the file).
+A notebook that cannot start, a cell that runs past the time limit or a kernel that dies
+fails the exercises it did not reach, with the reason; the other notebooks carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+from jupyter_client.kernelspec import KernelSpecManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbformat import NotebookNode
+
+from tfx_course.checks.core import NOT_ATTEMPTED, RAISE_ENV, RESULTS_ENV, TIMEOUT_ENV
+from tfx_course.exercises import LESSONS, exercise_cells, lesson_of
+
+__all__ = ["ExerciseResult", "NotebookReport", "find_notebooks", "grade", "grade_notebook"]
+
+DEFAULT_KERNEL = "python3"  # jupyter_client starts it with the running interpreter
+SETUP_TIMEOUT = 120.0  # seconds the first code cell (the imports) may always take
+_LINE = re.compile(r"^(PASS|FAIL) \[([A-Za-z0-9_.\-]+)\] (.*)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ExerciseResult:
+    """One row of the grade table."""
+
+    student: str
+    notebook: str
+    exercise: str
+    passed: bool
+    message: str
+
+    @property
+    def attempted(self) -> bool:
+        return self.passed or not self.message.startswith(NOT_ATTEMPTED)
+
+
+@dataclass
+class NotebookReport:
+    """Everything the grader learned from one notebook."""
+
+    student: str
+    notebook: str
+    path: Path
+    results: list[ExerciseResult] = field(default_factory=list)
+    error: str | None = None  # why the notebook stopped early, if it did
+    seconds: float = 0.0
+
+
+def find_notebooks(paths: Iterable[Path | str]) -> list[tuple[str, Path]]:
+    """Return ``(student, notebook)`` pairs for files and folders of submissions.
+
+    A file belongs to the student named by its folder. In a folder, each subfolder is a
+    student (``class/alice/01_self_attention.ipynb`` is alice's); notebooks directly in
+    the folder belong to the student named by the folder itself.
+    """
+    found: list[tuple[str, Path]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for nb_path in sorted(path.rglob("*.ipynb")):
+                relative = nb_path.relative_to(path)
+                if any(part.startswith(".") for part in relative.parts):
+                    continue  # .ipynb_checkpoints and other hidden copies
+                student = relative.parts[0] if len(relative.parts) > 1 else path.resolve().name
+                found.append((student, nb_path))
+        else:
+            found.append((path.resolve().parent.name, path))
+    return found
+
+
+def _cell_error(cell: NotebookNode) -> str | None:
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "error":
+            return f"{output.get('ename', 'Error')}: {output.get('evalue', '')}".strip()
+    return None
+
+
+def _printed_results(nb: NotebookNode) -> list[dict]:
+    """Read verdicts from the ``PASS/FAIL [id]`` lines that checks print."""
+    found = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stdout":
+                for verdict, name, message in _LINE.findall(output.get("text", "")):
+                    found.append({"name": name, "passed": verdict == "PASS", "message": message})
+    return found
+
+
+def _missing_reason(nb: NotebookNode, exercise: str, stopped: str | None) -> str:
+    """Say why an exercise has no result."""
+    if stopped:
+        return f"not reached: {stopped}"
+    checks, solutions = exercise_cells(nb, "check"), exercise_cells(nb, "solution")
+    if exercise not in checks:  # no metadata: look for the call itself
+        calls = [i for i, c in enumerate(nb.cells) if f"check_{exercise}(" in c.source]
+        checks = {exercise: calls[0]} if calls else {}
+    if exercise not in checks:
+        return f"no result: the notebook has no cell calling check_{exercise} (deleted?)"
+    error = _cell_error(nb.cells[checks[exercise]])
+    if error is None:
+        return "no result: its check cell did not report (was it run?)"
+    message = f"the check did not run: cell {checks[exercise] + 1} raised {error}"
+    if exercise in solutions and (solution_error := _cell_error(nb.cells[solutions[exercise]])):
+        message += (
+            f" (the cell defining it, cell {solutions[exercise] + 1}, raised {solution_error})"
+        )
+    return message
+
+
+def _collect(report: NotebookReport, nb: NotebookNode, verdicts: list[dict]) -> None:
+    lesson = lesson_of(report.path, nb)
+    expected = list(LESSONS.get(lesson or "", ())) or list(exercise_cells(nb, "check"))
+    latest = {}
+    for verdict in verdicts:  # a check run twice counts with its last verdict
+        latest[str(verdict.get("name"))] = verdict
+    names = expected + [name for name in latest if name not in expected]
+    for name in names:
+        if name in latest:
+            passed, message = bool(latest[name].get("passed")), str(latest[name].get("message"))
+        else:
+            passed, message = False, _missing_reason(nb, name, report.error)
+        report.results.append(
+            ExerciseResult(report.student, report.notebook, name, passed, message)
+        )
+    if not names:
+        message = report.error or "no exercise checks found in this notebook"
+        report.results.append(ExerciseResult(report.student, report.notebook, "-", False, message))
+
+
+def _fail_all(report: NotebookReport, reason: str) -> NotebookReport:
+    report.error = reason
+    lesson = lesson_of(report.path)
+    for name in LESSONS.get(lesson or "", ()) or ("-",):
+        report.results.append(ExerciseResult(report.student, report.notebook, name, False, reason))
+    return report
+
+
+def _quiet_arguments(kernel: str) -> list[str]:
+    """Keep an IPython kernel's start-up warnings out of the grade report."""
+    try:
+        argv = KernelSpecManager().get_kernel_spec(kernel).argv
+    except Exception:  # an unknown kernel fails later, with nbclient's own message
+        return []
+    return ["--IPKernelApp.log_level=ERROR"] if any("ipykernel" in a for a in argv) else []
+
+
+async def _execute(
+    nb: NotebookNode, cwd: Path, timeout: float, kernel: str, env: dict[str, str]
+) -> str | None:
+    """Run every cell; return why the run stopped early, or None."""
+    started: list[int] = []
+    first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
+
+    def cell_timeout(cell: NotebookNode) -> float:
+        # The first code cell imports torch, which can take long on a cold or busy machine.
+        is_first = first is not None and cell is nb.cells[first]
+        return max(timeout, SETUP_TIMEOUT) if is_first else timeout
+
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        timeout_func=cell_timeout,
+        kernel_name=kernel,
+        allow_errors=True,
+        record_timing=False,
+        shutdown_kernel="immediate",  # a kernel stuck in a loop would delay a graceful one
+        resources={"metadata": {"path": str(cwd)}},
+        on_cell_start=lambda cell, cell_index: started.append(cell_index),
+        extra_arguments=_quiet_arguments(kernel),
+    )
+
+    def cell() -> str:
+        return str(started[-1] + 1) if started else "?"
+
+    try:
+        await client.async_execute(env=env)
+    except CellTimeoutError:
+        return f"cell {cell()} did not finish within {timeout:g} s (an endless loop?)"
+    except DeadKernelError:
+        return f"the kernel died while running cell {cell()} (out of memory, or a crash)"
+    except Exception as exc:  # the notebook could not start, or the kernel failed
+        return f"the notebook could not run: {type(exc).__name__}: {str(exc).strip()[:300]}"
+    return None
+
+
+async def _grade_one(
+    student: str,
+    path: Path,
+    label: str,
+    timeout: float,
+    kernel: str,
+    check_timeout: float | None,
+) -> NotebookReport:
+    report = NotebookReport(student, label, path)
+    start = time.perf_counter()
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:  # not JSON, not a notebook, unreadable
+        return _fail_all(report, f"the notebook could not be read: {type(exc).__name__}: {exc}")
+    with tempfile.TemporaryDirectory(prefix="tfx-grade-") as tmp:
+        results_file = Path(tmp) / "results.jsonl"
+        env = {k: v for k, v in os.environ.items() if k != RAISE_ENV}
+        env[RESULTS_ENV] = str(results_file)
+        if check_timeout is not None:
+            env[TIMEOUT_ENV] = str(check_timeout)
+        report.error = await _execute(nb, path.resolve().parent, timeout, kernel, env)
+        if results_file.exists():
+            lines = results_file.read_text(encoding="utf-8").splitlines()
+            verdicts = [json.loads(line) for line in lines if line.strip()]
+        else:
+            verdicts = _printed_results(nb)
+    _collect(report, nb, verdicts)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+async def _grade_all(
+    found: Sequence[tuple[str, Path]], jobs: int, **options: object
+) -> list[NotebookReport]:
+    gate = asyncio.Semaphore(max(1, jobs))
+
+    async def one(student: str, path: Path) -> NotebookReport:
+        async with gate:
+            return await _grade_one(student, path, path.name, **options)  # type: ignore[arg-type]
+
+    return list(await asyncio.gather(*(one(student, path) for student, path in found)))
+
+
+def grade(
+    paths: Iterable[Path | str],
+    timeout: float = 60.0,
+    kernel: str = DEFAULT_KERNEL,
+    jobs: int = 1,
+    check_timeout: float | None = None,
+) -> list[NotebookReport]:
+    """Grade notebooks and folders of submissions; return one report per notebook.
+
+    ``timeout`` limits each cell (seconds), ``check_timeout`` each call a check makes into
+    learner code, ``jobs`` how many notebooks run at once, ``kernel`` the kernel name.
+    """
+    found = find_notebooks(paths)
+    options = {"timeout": timeout, "kernel": kernel, "check_timeout": check_timeout}
+    return asyncio.run(_grade_all(found, jobs, **options))
+
+
+def grade_notebook(
+    path: Path | str,
+    student: str | None = None,
+    timeout: float = 60.0,
+    kernel: str = DEFAULT_KERNEL,
+    check_timeout: float | None = None,
+) -> NotebookReport:
+    """Grade one notebook (options as in ``grade``); the student defaults to its folder's name."""
+    path = Path(path)
+    student = student or path.resolve().parent.name
+    return asyncio.run(_grade_one(student, path, path.name, timeout, kernel, check_timeout))

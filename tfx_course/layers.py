@@ -1,0 +1,344 @@
+"""The Transformer's building blocks: embeddings, positions, LayerNorm, FFN, encoder and decoder layers.
+
+Shapes: B batch, T target/query length, S source/key length, C = d_model, H heads,
+V vocabulary size. Everything is batch-first; masks are boolean with True = may attend.
+
+Both layers take ``norm_first`` (True: Pre-LN, ``x + f(norm(x))``; False: Post-LN,
+``norm(x + f(x))``, the original paper and PyTorch's default) and ``residual`` (False drops
+the skip connections, for the ablation and gradient-flow experiments). Attention weights
+are returned by ``forward_with_weights``, never stored on the module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tfx_course.attention import MultiHeadAttention
+
+__all__ = [
+    "TokenEmbedding",
+    "sinusoidal_encoding",
+    "SinusoidalPositionalEncoding",
+    "LearnedPositionalEncoding",
+    "LayerNorm",
+    "FeedForward",
+    "EncoderLayer",
+    "DecoderLayer",
+]
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(n) for n in t.shape) + ")"
+
+
+def _check_positive(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+class TokenEmbedding(nn.Module):
+    """Look up token vectors and multiply them by sqrt(d_model).
+
+    Shapes: tokens (B, T) long -> (B, T, C).
+
+    The scale keeps the embeddings as large as the positional encodings they are added to
+    when the table is initialised small (std d_model ** -0.5, as ``Transformer`` does). The
+    row of ``pad_id`` starts at zero and gets no gradient; pass ``pad_id=None`` for no pad row.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, pad_id: int | None = 0):
+        super().__init__()
+        _check_positive(vocab_size=vocab_size, d_model=d_model)
+        if pad_id is not None and not 0 <= pad_id < vocab_size:
+            raise ValueError(f"pad_id={pad_id} is outside the vocabulary [0, {vocab_size})")
+        self.vocab_size, self.d_model = vocab_size, d_model
+        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if tokens.dtype not in (torch.long, torch.int):
+            raise TypeError(f"tokens must be integer ids (torch.long), got dtype {tokens.dtype}")
+        if tokens.numel() > 0:
+            low, high = torch.aminmax(tokens)
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(
+                    f"token ids must be in [0, {self.vocab_size}), got values from {int(low)} "
+                    f"to {int(high)}; was the tokenizer built with a larger vocabulary?"
+                )
+        return self.embedding(tokens) * math.sqrt(self.d_model)  # (B, T, C)
+
+
+def sinusoidal_encoding(max_len: int, d_model: int) -> Tensor:
+    """Return the ``(max_len, d_model)`` table PE[pos, 2i] = sin(pos / 10000^(2i/d_model)), PE[pos, 2i+1] = cos(...)."""
+    _check_positive(max_len=max_len, d_model=d_model)
+    if d_model % 2 != 0:
+        raise ValueError(
+            f"sinusoidal encodings pair sin and cos, so d_model must be even, got {d_model}"
+        )
+    position = torch.arange(max_len, dtype=torch.float64)[:, None]  # (max_len, 1)
+    inv_freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (C/2,)
+    angles = position * inv_freq  # (max_len, C/2)
+    pe = torch.empty(max_len, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles)
+    return pe.float()
+
+
+class _PositionalEncoding(nn.Module):
+    """Add ``self.pe[:T]`` to the input, then apply dropout."""
+
+    pe: Tensor
+
+    def __init__(self, d_model: int, max_len: int, dropout: float):
+        super().__init__()
+        _check_positive(d_model=d_model, max_len=max_len)
+        _check_dropout(dropout)
+        self.d_model, self.max_len = d_model, max_len
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        if T > self.max_len:
+            raise ValueError(
+                f"sequence length {T} exceeds max_len={self.max_len}; build the model with a "
+                "larger max_len or truncate the inputs"
+            )
+        if C != self.d_model:
+            raise ValueError(f"expected (B, T, d_model={self.d_model}), got {_shape(x)}")
+        return self.dropout(x + self.pe[:T])  # (B, T, C)
+
+
+class SinusoidalPositionalEncoding(_PositionalEncoding):
+    """Add the fixed sinusoidal encodings of positions 0..T-1, then dropout.
+
+    Shapes: x (B, T, C) -> (B, T, C).
+
+    The table is a buffer, not a parameter: it is not trained and, being a function of
+    (max_len, d_model) alone, is left out of the state dict.
+    """
+
+    def __init__(self, d_model: int, max_len: int, dropout: float = 0.0):
+        super().__init__(d_model, max_len, dropout)
+        self.register_buffer("pe", sinusoidal_encoding(max_len, d_model), persistent=False)
+
+
+class LearnedPositionalEncoding(_PositionalEncoding):
+    """Add a trained vector per position 0..T-1, then dropout.
+
+    Shapes: x (B, T, C) -> (B, T, C).
+
+    Starts small (std 0.02, as BERT and GPT-2 do) and cannot handle positions past max_len.
+    """
+
+    def __init__(self, d_model: int, max_len: int, dropout: float = 0.0):
+        super().__init__(d_model, max_len, dropout)
+        self.pe = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+
+
+class LayerNorm(nn.Module):
+    """Normalise each position's features to mean 0 and variance 1, then scale and shift.
+
+    Shapes: x (..., C) -> (..., C).
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias, with the biased variance (divide
+    by C) as ``nn.LayerNorm`` uses; parameter names match it, so state dicts move across.
+    ``fused=True`` computes the same formula with PyTorch's single ``F.layer_norm`` kernel
+    (equal output, tested; several times faster on a CPU, where each step above is a pass
+    over memory).
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-5, fused: bool = False):
+        super().__init__()
+        _check_positive(d_model=d_model)
+        self.d_model, self.eps, self.fused = d_model, eps, fused
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fused:
+            return F.layer_norm(x, (self.d_model,), self.weight, self.bias, self.eps)
+        var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)  # (..., 1)
+        x_hat = (x - mean) * torch.rsqrt(var + self.eps)  # (..., C)
+        return torch.addcmul(self.bias, x_hat, self.weight)  # x_hat * weight + bias
+
+    def extra_repr(self) -> str:
+        return f"{self.d_model}, eps={self.eps}, fused={self.fused}"
+
+
+class FeedForward(nn.Module):
+    """Apply the same two-layer MLP to every position: linear2(dropout(act(linear1(x)))).
+
+    Shapes: x (B, T, C) -> (B, T, C); the hidden layer has d_ff features.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu"):
+        super().__init__()
+        _check_positive(d_model=d_model, d_ff=d_ff)
+        _check_dropout(dropout)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = ACTIVATIONS[self.activation](self.linear1(x))  # (B, T, d_ff)
+        return self.linear2(self.dropout(h))  # (B, T, C)
+
+
+class _ResidualLayer(nn.Module):
+    """Shared wiring of a sublayer: residual add and Pre-LN or Post-LN placement of the norm."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+        norm_first: bool,
+        residual: bool,
+        fused_attention: bool,
+    ):
+        super().__init__()
+        _check_positive(d_model=d_model, n_heads=n_heads, d_ff=d_ff)
+        _check_dropout(dropout)
+        self.norm_first, self.residual = norm_first, residual
+        self.fused_attention = fused_attention
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def _sublayer_input(self, x: Tensor, norm: nn.Module) -> Tensor:
+        """Pre-LN normalises what goes into the sublayer; Post-LN passes x as it is."""
+        return norm(x) if self.norm_first else x
+
+    def _sublayer_output(self, x: Tensor, out: Tensor, norm: nn.Module) -> Tensor:
+        """Add the sublayer's output to its input (unless residual=False); Post-LN then normalises."""
+        out = self.dropout(out)
+        if self.residual:
+            out = x + out
+        return out if self.norm_first else norm(out)
+
+    def _feed_forward(self, x: Tensor, norm: nn.Module) -> Tensor:
+        return self._sublayer_output(x, self.ff(self._sublayer_input(x, norm)), norm)
+
+
+class EncoderLayer(_ResidualLayer):
+    """Self-attention then a feed-forward network, each wrapped in a residual and a LayerNorm.
+
+    Shapes: x (B, S, C), mask broadcastable to (B, H, S, S) -> (B, S, C).
+
+    ``fused_attention=True`` makes ``forward`` use PyTorch's fused kernels for attention
+    and LayerNorm (same output, faster, no weights); ``forward_with_weights`` always
+    computes the weights explicitly.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        norm_first: bool = True,
+        residual: bool = True,
+        fused_attention: bool = False,
+    ):
+        super().__init__(d_model, n_heads, d_ff, dropout, norm_first, residual, fused_attention)
+        self.norm1 = LayerNorm(d_model, fused=fused_attention)
+        self.norm2 = LayerNorm(d_model, fused=fused_attention)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self._forward(x, mask, need_weights=not self.fused_attention)[0]
+
+    def forward_with_weights(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Return the output and the self-attention weights (B, H, S, S)."""
+        x, weights = self._forward(x, mask, need_weights=True)
+        assert weights is not None
+        return x, weights
+
+    def _forward(
+        self, x: Tensor, mask: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        h = self._sublayer_input(x, self.norm1)
+        h, weights = self.self_attn(h, h, h, mask, need_weights=need_weights)  # (B, S, C)
+        x = self._sublayer_output(x, h, self.norm1)
+        return self._feed_forward(x, self.norm2), weights  # (B, S, C)
+
+
+class DecoderLayer(_ResidualLayer):
+    """Masked self-attention, cross-attention over the encoder's memory, then a feed-forward network.
+
+    Shapes: x (B, T, C), memory (B, S, C), self_mask broadcastable to (B, H, T, T) (causal
+    and padding), memory_mask broadcastable to (B, H, T, S) (source padding) -> (B, T, C).
+
+    ``norm_first``, ``residual`` and ``fused_attention`` work as in ``EncoderLayer``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        norm_first: bool = True,
+        residual: bool = True,
+        fused_attention: bool = False,
+    ):
+        super().__init__(d_model, n_heads, d_ff, dropout, norm_first, residual, fused_attention)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.norm1 = LayerNorm(d_model, fused=fused_attention)
+        self.norm2 = LayerNorm(d_model, fused=fused_attention)
+        self.norm3 = LayerNorm(d_model, fused=fused_attention)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        need_weights = not self.fused_attention
+        return self._forward(x, memory, self_mask, memory_mask, need_weights)[0]
+
+    def forward_with_weights(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return the output, the self-attention weights (B, H, T, T) and the cross-attention weights (B, H, T, S)."""
+        x, self_weights, cross_weights = self._forward(x, memory, self_mask, memory_mask, True)
+        assert self_weights is not None and cross_weights is not None
+        return x, self_weights, cross_weights
+
+    def _forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        self_mask: Tensor | None,
+        memory_mask: Tensor | None,
+        need_weights: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        h = self._sublayer_input(x, self.norm1)
+        h, self_weights = self.self_attn(h, h, h, self_mask, need_weights=need_weights)
+        x = self._sublayer_output(x, h, self.norm1)  # (B, T, C)
+        h = self._sublayer_input(x, self.norm2)
+        h, cross_weights = self.cross_attn(
+            h, memory, memory, memory_mask, need_weights=need_weights
+        )
+        x = self._sublayer_output(x, h, self.norm2)  # (B, T, C)
+        return self._feed_forward(x, self.norm3), self_weights, cross_weights  # (B, T, C)

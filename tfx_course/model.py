@@ -1,0 +1,363 @@
+"""The encoder-decoder Transformer: its configuration, the encoder and decoder stacks, the model.
+
+Shapes: B batch, S source length, T target length, C = d_model, H heads, V vocabulary size.
+
+Final LayerNorm: with Pre-LN (``norm_first=True``) each layer adds to an un-normalised
+residual stream, so the stack ends with one more LayerNorm (``encoder.norm``,
+``decoder.norm``). With Post-LN every layer already ends in a LayerNorm and, as in the
+original paper, no extra one is added (``norm`` is ``nn.Identity``). ``nn.Transformer``
+always adds the final norm; to compare a Post-LN model with it, set its
+``encoder.norm`` and ``decoder.norm`` to ``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from tfx_course.attention import causal_mask, padding_mask
+from tfx_course.layers import (
+    DecoderLayer,
+    EncoderLayer,
+    LayerNorm,
+    LearnedPositionalEncoding,
+    SinusoidalPositionalEncoding,
+    TokenEmbedding,
+)
+
+__all__ = [
+    "POSITIONAL_KINDS",
+    "ModelConfig",
+    "source_mask",
+    "target_mask",
+    "Encoder",
+    "Decoder",
+    "Transformer",
+]
+
+POSITIONAL_KINDS = ("sinusoidal", "learned", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and switches of a ``Transformer``; defaults are the paper's base model.
+
+    Make variants with ``dataclasses.replace(config, n_heads=1)``.
+    """
+
+    src_vocab_size: int  # source tokens, including the special ones
+    tgt_vocab_size: int  # target tokens, including the special ones
+    d_model: int = 512  # width of every hidden state
+    n_heads: int = 8  # attention heads per layer; each gets d_head = d_model // n_heads
+    n_encoder_layers: int = 6
+    n_decoder_layers: int = 6
+    d_ff: int = 2048  # hidden width of the position-wise feed-forward network
+    dropout: float = 0.1  # on embeddings, attention weights and every sublayer's output
+    max_len: int = 256  # longest sequence the positional encodings cover
+    norm_first: bool = True  # True: Pre-LN (stable without warmup); False: Post-LN (the paper)
+    positional: str = "sinusoidal"  # "sinusoidal", "learned" or "none" (for the ablation)
+    residual: bool = True  # False drops every skip connection (for the ablation)
+    tie_embeddings: bool = False  # the decoder's input embedding shares lm_head's weight
+    pad_id: int = 0  # padding token, the same id in both vocabularies
+    fused_attention: bool = False  # fused attention and LayerNorm kernels in forward (faster)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "src_vocab_size",
+            "tgt_vocab_size",
+            "d_model",
+            "n_heads",
+            "n_encoder_layers",
+            "n_decoder_layers",
+            "d_ff",
+            "max_len",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                "each head gets d_model // n_heads features"
+            )
+        if self.positional not in POSITIONAL_KINDS:
+            raise ValueError(
+                f"positional must be one of {POSITIONAL_KINDS}, got {self.positional!r}"
+            )
+        if self.positional == "sinusoidal" and self.d_model % 2 != 0:
+            raise ValueError(
+                f"sinusoidal positions need an even d_model, got d_model={self.d_model}"
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("norm_first", "residual", "tie_embeddings", "fused_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        smallest = min(self.src_vocab_size, self.tgt_vocab_size)
+        if not isinstance(self.pad_id, int) or not 0 <= self.pad_id < smallest:
+            raise ValueError(
+                f"pad_id={self.pad_id!r} must be a token id of both vocabularies, in [0, {smallest})"
+            )
+
+    @property
+    def d_head(self) -> int:
+        """Features per attention head."""
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def tiny(cls, src_vocab_size: int, tgt_vocab_size: int) -> ModelConfig:
+        """A model that trains on a synthetic task in about a minute on 2 CPU cores."""
+        return cls(
+            src_vocab_size,
+            tgt_vocab_size,
+            d_model=64,
+            n_heads=4,
+            n_encoder_layers=2,
+            n_decoder_layers=2,
+            d_ff=256,
+            dropout=0.1,
+            max_len=64,
+        )
+
+    @classmethod
+    def base(cls, src_vocab_size: int, tgt_vocab_size: int) -> ModelConfig:
+        """The paper's widths with 3 + 3 layers, for Multi30k on a GPU (small data, so fewer layers)."""
+        return cls(
+            src_vocab_size,
+            tgt_vocab_size,
+            d_model=512,
+            n_heads=8,
+            n_encoder_layers=3,
+            n_decoder_layers=3,
+            d_ff=2048,
+            dropout=0.1,
+            max_len=256,
+            fused_attention=True,
+        )
+
+
+def source_mask(src: Tensor, pad_id: int) -> Tensor:
+    """Return the ``(B, 1, 1, S)`` mask that hides padded source tokens from every query."""
+    return padding_mask(src != pad_id)  # (B, 1, 1, S)
+
+
+def target_mask(tgt: Tensor, pad_id: int) -> Tensor:
+    """Return the ``(B, 1, T, T)`` mask: position t sees positions <= t that are not padding."""
+    B, T = tgt.shape
+    return causal_mask(T, device=tgt.device) & padding_mask(tgt != pad_id)  # (B, 1, T, T)
+
+
+def _positional(config: ModelConfig) -> nn.Module:
+    if config.positional == "sinusoidal":
+        return SinusoidalPositionalEncoding(config.d_model, config.max_len, config.dropout)
+    if config.positional == "learned":
+        return LearnedPositionalEncoding(config.d_model, config.max_len, config.dropout)
+    return nn.Dropout(config.dropout)  # "none": token embeddings only
+
+
+def _final_norm(config: ModelConfig) -> nn.Module:
+    """Pre-LN stacks end in a LayerNorm; Post-LN layers already end in one (see the module doc)."""
+    if config.norm_first:
+        return LayerNorm(config.d_model, fused=config.fused_attention)
+    return nn.Identity()
+
+
+def _check_tokens(name: str, tokens: Tensor) -> None:
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise ValueError(f"{name} must be a (B, length) tensor of token ids, got {shape}")
+
+
+class Encoder(nn.Module):
+    """Embed the source tokens, add positions, run the encoder layers.
+
+    Shapes: src (B, S) long, mask broadcastable to (B, H, S, S) -> memory (B, S, C).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed = TokenEmbedding(config.src_vocab_size, config.d_model, config.pad_id)
+        self.positional = _positional(config)
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                config.d_model,
+                config.n_heads,
+                config.d_ff,
+                config.dropout,
+                config.norm_first,
+                config.residual,
+                config.fused_attention,
+            )
+            for _ in range(config.n_encoder_layers)
+        )
+        self.norm = _final_norm(config)
+
+    def forward(self, src: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = self.positional(self.embed(src))  # (B, S, C)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm(x)  # (B, S, C)
+
+    def forward_with_weights(
+        self, src: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Return the memory and each layer's self-attention weights (B, H, S, S)."""
+        x = self.positional(self.embed(src))  # (B, S, C)
+        weights = []
+        for layer in self.layers:
+            x, layer_weights = layer.forward_with_weights(x, mask)
+            weights.append(layer_weights)
+        return self.norm(x), weights
+
+
+class Decoder(nn.Module):
+    """Embed the target tokens, add positions, run the decoder layers over the memory.
+
+    Shapes: tgt (B, T) long, memory (B, S, C), self_mask broadcastable to (B, H, T, T),
+    memory_mask broadcastable to (B, H, T, S) -> hidden states (B, T, C).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed = TokenEmbedding(config.tgt_vocab_size, config.d_model, config.pad_id)
+        self.positional = _positional(config)
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                config.d_model,
+                config.n_heads,
+                config.d_ff,
+                config.dropout,
+                config.norm_first,
+                config.residual,
+                config.fused_attention,
+            )
+            for _ in range(config.n_decoder_layers)
+        )
+        self.norm = _final_norm(config)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        x = self.positional(self.embed(tgt))  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, memory, self_mask, memory_mask)
+        return self.norm(x)  # (B, T, C)
+
+    def forward_with_weights(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Return the hidden states and each layer's self- (B, H, T, T) and cross-attention (B, H, T, S) weights."""
+        x = self.positional(self.embed(tgt))  # (B, T, C)
+        self_weights, cross_weights = [], []
+        for layer in self.layers:
+            x, layer_self, layer_cross = layer.forward_with_weights(
+                x, memory, self_mask, memory_mask
+            )
+            self_weights.append(layer_self)
+            cross_weights.append(layer_cross)
+        return self.norm(x), self_weights, cross_weights
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder Transformer: source and target tokens in, next-token logits out.
+
+    Shapes: src (B, S) long, tgt (B, T) long -> logits (B, T, V) with V = tgt_vocab_size.
+
+    Masks are built from the tokens: padded source tokens are hidden from every attention,
+    and target position t sees only the non-padded target positions up to t.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.lm_head = nn.Linear(config.d_model, config.tgt_vocab_size)
+        self._init_weights()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.decoder.embed.embedding.weight
+
+    def _init_weights(self) -> None:
+        """Xavier-uniform matrices and zero biases; embeddings with std d_model ** -0.5.
+
+        The embedding scale makes ``TokenEmbedding``'s sqrt(d_model) factor give unit
+        variance, and keeps tied logits near unit scale.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.config.d_model**-0.5)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        return self.decode(tgt, self.encode(src), src)  # (B, T, V)
+
+    def encode(self, src: Tensor) -> Tensor:
+        """Run the encoder. Shapes: src (B, S) -> memory (B, S, C)."""
+        _check_tokens("src", src)
+        return self.encoder(src, source_mask(src, self.config.pad_id))  # (B, S, C)
+
+    def decode(self, tgt: Tensor, memory: Tensor, src: Tensor) -> Tensor:
+        """Run the decoder and the output layer; src gives the memory's padding.
+
+        Shapes: tgt (B, T), memory (B, S, C), src (B, S) -> logits (B, T, V).
+        """
+        self._check_pair(src, tgt)
+        if memory.shape[:2] != src.shape:
+            raise ValueError(
+                f"memory {tuple(memory.shape)} does not match src {tuple(src.shape)}: pass the "
+                "same src that produced the memory with encode(src)"
+            )
+        pad_id = self.config.pad_id
+        x = self.decoder(tgt, memory, target_mask(tgt, pad_id), source_mask(src, pad_id))
+        return self.lm_head(x)  # (B, T, V)
+
+    @torch.no_grad()
+    def attention_maps(self, src: Tensor, tgt: Tensor) -> dict[str, list[Tensor]]:
+        """Return every layer's attention weights, computed in eval mode without gradients.
+
+        Keys "encoder" (B, H, S, S), "decoder_self" (B, H, T, T) and "cross" (B, H, T, S),
+        each a list with one tensor per layer. The model's train/eval mode is restored.
+        """
+        self._check_pair(src, tgt)
+        was_training = self.training
+        self.eval()
+        try:
+            src_mask = source_mask(src, self.config.pad_id)
+            memory, encoder = self.encoder.forward_with_weights(src, src_mask)
+            tgt_mask = target_mask(tgt, self.config.pad_id)
+            _, decoder_self, cross = self.decoder.forward_with_weights(
+                tgt, memory, tgt_mask, src_mask
+            )
+        finally:
+            self.train(was_training)
+        return {"encoder": encoder, "decoder_self": decoder_self, "cross": cross}
+
+    def num_parameters(self) -> int:
+        """Count the trainable numbers, a tied matrix once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @staticmethod
+    def _check_pair(src: Tensor, tgt: Tensor) -> None:
+        _check_tokens("src", src)
+        _check_tokens("tgt", tgt)
+        if src.shape[0] != tgt.shape[0]:
+            raise ValueError(
+                f"src and tgt must hold the same number of sequences, got {src.shape[0]} and "
+                f"{tgt.shape[0]}"
+            )

@@ -1,0 +1,602 @@
+"""Training a sequence-to-sequence model: config, loss, schedule, optimizer, loop, checkpoints.
+
+Shapes: B batch, S source length, T target length, V target vocabulary size.
+
+The model is anything with ``forward(src (B, S), tgt_in (B, T)) -> logits (B, T, V)`` and a
+``config.pad_id`` (the course's ``Transformer``); batches are ``Seq2SeqBatch`` objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from tfx_course.data.batching import Seq2SeqBatch
+from tfx_course.repro import seed_everything
+
+__all__ = [
+    "SCHEDULES",
+    "TrainConfig",
+    "History",
+    "Checkpoint",
+    "label_smoothed_cross_entropy",
+    "noam_peak_lr",
+    "WarmupSchedule",
+    "warmup_schedule",
+    "make_optimizer",
+    "make_scheduler",
+    "train_step",
+    "fit",
+    "evaluate",
+    "exact_match",
+    "grad_norms_by_layer",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+SCHEDULES = ("noam", "cosine", "linear", "constant")
+CHECKPOINT_FORMAT = 1
+# Fields that change how a run reports, not what it computes: a resumed run may change them.
+_REPORTING_FIELDS = {"log_every", "eval_every", "checkpoint_every"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``fit`` needs besides the model and the data."""
+
+    lr: float = 1e-3  # peak learning rate, reached at the end of warmup
+    max_steps: int = 1000  # optimizer steps in the whole run (the schedule's length)
+    warmup_steps: int = 100  # linear ramp from lr / warmup_steps up to lr (may exceed max_steps)
+    schedule: str = "noam"  # after warmup: "noam" (1/sqrt(step)), "cosine", "linear", "constant"
+    min_lr_ratio: float = 0.0  # where "cosine" and "linear" end, as a fraction of lr
+    batch_size: int = 64  # pairs per batch, for make_batches
+    label_smoothing: float = 0.1  # probability mass spread over the whole vocabulary
+    weight_decay: float = 0.01  # AdamW decay, applied to weight matrices only
+    betas: tuple[float, float] = (0.9, 0.98)  # Adam's moment decay rates (the paper's values)
+    eps: float = 1e-9  # Adam's denominator guard (the paper's value)
+    clip_norm: float | None = 1.0  # clip the global gradient norm to this; None = no clipping
+    seed: int = 0  # seeds dropout and the batch order
+    shuffle: bool = True  # visit the batches in a new seeded order every epoch
+    log_every: int = 10  # refresh the progress bar's loss and lr every n steps
+    eval_every: int | None = None  # validation loss every n steps (and at the end)
+    checkpoint_every: int | None = None  # save every n steps (and at the end) when given a path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))  # from_dict may hand in a list
+        checks = [
+            (self.lr > 0, f"lr={self.lr} must be positive"),
+            (_is_int(self.max_steps) and self.max_steps >= 1, f"max_steps={self.max_steps} must be a positive integer"),
+            (_is_int(self.warmup_steps) and self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be a non-negative integer"),
+            (self.schedule in SCHEDULES, f"schedule={self.schedule!r} is not one of {SCHEDULES}"),
+            (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]"),
+            (_is_int(self.batch_size) and self.batch_size >= 1, f"batch_size={self.batch_size} must be a positive integer"),
+            (0.0 <= self.label_smoothing < 1.0, f"label_smoothing={self.label_smoothing} must lie in [0, 1)"),
+            (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must not be negative"),
+            (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), f"betas={self.betas} must be two numbers in [0, 1)"),
+            (self.eps > 0, f"eps={self.eps} must be positive"),
+            (self.clip_norm is None or self.clip_norm > 0, f"clip_norm={self.clip_norm} must be positive or None"),
+            (_is_int(self.log_every) and self.log_every >= 1, f"log_every={self.log_every!r} must be a positive integer"),
+            (_positive_or_none(self.eval_every), f"eval_every={self.eval_every!r} must be a positive integer or None"),
+            (_positive_or_none(self.checkpoint_every), f"checkpoint_every={self.checkpoint_every!r} must be a positive integer or None"),
+        ]  # fmt: skip
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    @classmethod
+    def toy(cls, **changes: Any) -> TrainConfig:
+        """Return a CPU setting for the synthetic tasks, to use with ``ModelConfig.tiny``.
+
+        Reversal (lengths 3-8, batches of 64) reaches about 98% exact match in about 30 s of
+        one CPU core; dates need about twice the steps (``TrainConfig.toy(max_steps=1500)``).
+        """
+        base = cls(
+            lr=3e-3,
+            max_steps=800,
+            warmup_steps=80,
+            schedule="cosine",
+            label_smoothing=0.0,
+            weight_decay=0.01,
+            clip_norm=1.0,
+            eval_every=200,
+        )
+        return dataclasses.replace(base, **changes)
+
+    @classmethod
+    def paper(cls, **changes: Any) -> TrainConfig:
+        """Return the base model's recipe of "Attention Is All You Need" (d_model=512, Adam)."""
+        base = cls(
+            lr=noam_peak_lr(512, 4000),
+            max_steps=100_000,
+            warmup_steps=4000,
+            schedule="noam",
+            label_smoothing=0.1,
+            weight_decay=0.0,
+            clip_norm=None,
+            log_every=100,
+            eval_every=1000,
+        )
+        return dataclasses.replace(base, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a plain dict (what checkpoints store)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from ``to_dict``'s output."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        return cls(**values)
+
+
+def _positive_or_none(value: object) -> bool:
+    return value is None or (_is_int(value) and value >= 1)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class History:
+    """What ``fit`` measured: one entry per optimizer step, one per validation."""
+
+    step: list[int] = field(default_factory=list)  # global step number, from 1
+    loss: list[float] = field(default_factory=list)  # training loss (label-smoothed)
+    lr: list[float] = field(default_factory=list)  # learning rate used by that step
+    grad_norm: list[float] = field(default_factory=list)  # global gradient norm before clipping
+    val_step: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)  # cross-entropy per token, no smoothing
+    diverged_at: int | None = None  # step whose loss was not finite (the run stopped there)
+
+    def __repr__(self) -> str:
+        last = f", loss={self.loss[-1]:.4f}" if self.loss else ""
+        val = f", val_loss={self.val_loss[-1]:.4f}" if self.val_loss else ""
+        bad = f", diverged_at={self.diverged_at}" if self.diverged_at is not None else ""
+        return f"History(steps={len(self.step)}{last}{val}{bad})"
+
+    def record(self, step: int, loss: float, lr: float, grad_norm: float) -> None:
+        """Append one training step."""
+        self.step.append(step)
+        self.loss.append(loss)
+        self.lr.append(lr)
+        self.grad_norm.append(grad_norm)
+
+    def record_validation(self, step: int, loss: float) -> None:
+        """Append one validation result."""
+        self.val_step.append(step)
+        self.val_loss.append(loss)
+
+    def summary(self) -> str:
+        """Return the progress bar's text: last loss and lr, rounded, so it prints the same each run."""
+        if not self.loss:
+            return ""
+        text = f"loss={self.loss[-1]:.3f}, lr={self.lr[-1]:.2e}"
+        return text + (f", val_loss={self.val_loss[-1]:.3f}" if self.val_loss else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> History:
+        return cls(
+            **{k: (list(v) if isinstance(v, list | tuple) else v) for k, v in values.items()}
+        )
+
+
+def label_smoothed_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    smoothing: float = 0.0,
+    pad_id: int = 0,
+    reduction: str = "mean",
+) -> Tensor:
+    """Cross-entropy against (1 - smoothing) * one-hot + smoothing / V, ignoring padding.
+
+    Equals ``F.cross_entropy(logits, targets, label_smoothing=smoothing, ignore_index=pad_id)``.
+    ``reduction="sum"`` returns the sum over real tokens (to average over several batches).
+    An all-padding batch gives 0, not NaN.
+
+    Shapes:
+        logits: (B, T, V) or (N, V); targets: (B, T) or (N,) -> a scalar.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus a vocabulary axis"
+        )
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing={smoothing} must lie in [0, 1)")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction={reduction!r} must be 'mean' or 'sum'")
+    log_probs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V), float32 even under bf16
+    keep = targets != pad_id  # (B, T)
+    nll = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    uniform = -log_probs.mean(dim=-1)  # (B, T): cross-entropy against the uniform distribution
+    loss = ((1.0 - smoothing) * nll + smoothing * uniform).masked_fill(~keep, 0.0).sum()
+    return loss if reduction == "sum" else loss / keep.sum().clamp(min=1)
+
+
+def noam_peak_lr(d_model: int, warmup_steps: int) -> float:
+    """Return the peak of the paper's rate d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)."""
+    return (d_model * warmup_steps) ** -0.5
+
+
+@dataclass(frozen=True)
+class WarmupSchedule:
+    """Learning-rate multiplier per step: linear warmup to 1, then decay (LambdaLR-compatible).
+
+    ``schedule(k)`` is the multiplier for optimizer step ``k`` (0-based, as LambdaLR counts);
+    it reaches 1.0 at ``k = warmup_steps - 1``. Plain fields only, so it is saved in the
+    scheduler's state_dict and survives a checkpoint.
+    """
+
+    kind: str
+    warmup_steps: int
+    max_steps: int
+    min_ratio: float = 0.0
+
+    def __call__(self, k: int) -> float:
+        s = k + 1  # the step being taken, from 1
+        if s <= self.warmup_steps:
+            return s / self.warmup_steps
+        if self.kind == "noam":
+            return math.sqrt(max(self.warmup_steps, 1) / s)
+        if self.kind == "constant":
+            return 1.0
+        progress = min(1.0, (s - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
+        shape = (
+            0.5 * (1.0 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1.0 - progress
+        )
+        return self.min_ratio + (1.0 - self.min_ratio) * shape
+
+
+def warmup_schedule(
+    kind: str, warmup_steps: int, max_steps: int, min_ratio: float = 0.0
+) -> WarmupSchedule:
+    """Return the multiplier function of ``kind`` ("noam", "cosine", "linear" or "constant")."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule {kind!r} is not one of {SCHEDULES}")
+    if warmup_steps < 0 or max_steps < 1:
+        raise ValueError(
+            f"need warmup_steps >= 0 and max_steps >= 1, got {warmup_steps} and {max_steps}"
+        )
+    return WarmupSchedule(kind, warmup_steps, max_steps, min_ratio)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """Return AdamW with weight decay on weight matrices and none on biases, norms and scales.
+
+    A parameter with two or more dimensions (linear weights, embeddings) decays; vectors
+    (biases, LayerNorm weights) do not, since pulling them to 0 fights their purpose.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Return the LambdaLR that applies ``config.schedule`` to the optimizer's learning rate."""
+    schedule = warmup_schedule(
+        config.schedule, config.warmup_steps, config.max_steps, config.min_lr_ratio
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model  # the wrapped model itself
+
+
+def _pad_id(model: nn.Module, pad_id: int | None) -> int:
+    if pad_id is not None:
+        return pad_id
+    config = getattr(_unwrap(model), "config", None)
+    if config is None or not hasattr(config, "pad_id"):
+        raise ValueError("the model has no config.pad_id; pass pad_id= explicitly")
+    return int(config.pad_id)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def train_step(
+    model: nn.Module,
+    batch: Seq2SeqBatch,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    pad_id: int,
+) -> tuple[float, float, float]:
+    """Run one optimizer step on ``batch``; return (loss, grad norm before clipping, lr used)."""
+    lr = optimizer.param_groups[0]["lr"]
+    logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+    loss = label_smoothed_cross_entropy(logits, batch.tgt_out, config.label_smoothing, pad_id)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = config.clip_norm if config.clip_norm is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    scheduler.step()
+    return loss.item(), grad_norm.item(), lr
+
+
+def _batch_order(n: int, epoch: int, config: TrainConfig) -> list[int]:
+    order = list(range(n))
+    if config.shuffle:
+        random.Random(f"{config.seed}:{epoch}").shuffle(order)  # own generator: resumable
+    return order
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Sequence[Seq2SeqBatch],
+    config: TrainConfig,
+    val_batches: Sequence[Seq2SeqBatch] | None = None,
+    *,
+    progress: bool = True,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    pad_id: int | None = None,
+) -> History:
+    """Train ``model`` for ``config.max_steps`` steps, cycling through ``train_batches``.
+
+    Seeds with ``config.seed``, builds AdamW and the warmup schedule, and shows a progress bar
+    (loss, lr) unless ``progress=False``. Validation loss on ``val_batches`` every
+    ``config.eval_every`` steps and at the end. With ``checkpoint_path`` it saves every
+    ``config.checkpoint_every`` steps and when it returns; ``resume=True`` first loads that
+    file if it exists and continues from its step with the same optimizer, schedule, random
+    state and history. ``stop_after`` ends this call at that step (the schedule still spans
+    ``max_steps``). A non-finite loss stops the run and sets ``History.diverged_at``.
+    """
+    if not isinstance(train_batches, Sequence) or len(train_batches) == 0:
+        raise ValueError(
+            "train_batches must be a non-empty list of Seq2SeqBatch (see make_batches)"
+        )
+    pad_id, device = _pad_id(model, pad_id), _device(model)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    history, step = History(), 0
+    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+        step, history = _resume(checkpoint_path, model, optimizer, scheduler, config)
+    else:
+        seed_everything(config.seed)
+    end = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
+    bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not progress)
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, train_config=config, history=history)  # fmt: skip
+        saved.append(step)
+
+    saved: list[int] = []
+
+    model.train()
+    n, epoch, order = len(train_batches), None, []
+    while step < end:
+        if step // n != epoch:  # the order depends only on (seed, epoch), so resuming repeats it
+            epoch = step // n
+            order = _batch_order(n, epoch, config)
+        batch = train_batches[order[step % n]].to(device)
+        loss, grad_norm, lr = train_step(model, batch, optimizer, scheduler, config, pad_id)
+        step += 1
+        history.record(step, loss, lr, grad_norm)
+        bar.update(1)
+        if not math.isfinite(loss):
+            history.diverged_at = step
+            if progress:
+                bar.write(
+                    f"stopped at step {step}: the loss is {loss} (lower lr or longer warmup?)"
+                )
+            break
+        evaluate_now = config.eval_every is not None and step % config.eval_every == 0
+        if val_batches and (evaluate_now or step == config.max_steps):
+            history.record_validation(step, evaluate(model, val_batches, pad_id=pad_id)["loss"])
+        if step % config.log_every == 0 or step == end:
+            bar.set_postfix_str(history.summary(), refresh=False)
+        if checkpoint_path is not None and step % (config.checkpoint_every or end + 1) == 0:
+            checkpoint()
+    bar.close()
+    if checkpoint_path is not None and saved[-1:] != [step]:
+        checkpoint()
+    return history
+
+
+def _resume(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+) -> tuple[int, History]:
+    checkpoint = load_checkpoint(path, model, optimizer, scheduler)
+    saved = checkpoint.train_config or {}
+    ours = config.to_dict()
+    changed = [k for k in ours if k not in _REPORTING_FIELDS and k in saved and saved[k] != ours[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: saved {saved[k]!r}, now {ours[k]!r}" for k in changed)
+        raise ValueError(
+            f"{path} was trained with another TrainConfig ({diffs}); resume with the same one"
+        )
+    if checkpoint.rng is not None:
+        torch.set_rng_state(checkpoint.rng["torch"])
+        if torch.cuda.is_available() and checkpoint.rng.get("cuda"):
+            torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
+    history = History.from_dict(checkpoint.history) if checkpoint.history else History()
+    return checkpoint.step, history
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Sequence[Seq2SeqBatch], pad_id: int | None = None
+) -> dict[str, float]:
+    """Return the loss (cross-entropy per real token, no smoothing), perplexity and token accuracy.
+
+    Runs in eval mode (no dropout) and puts the model back in the mode it was in.
+    """
+    pad_id, device, was_training = _pad_id(model, pad_id), _device(model), model.training
+    model.eval()
+    total, correct, tokens = 0.0, 0, 0
+    try:
+        for batch in batches:
+            batch = batch.to(device)
+            logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+            keep = batch.tgt_out != pad_id  # (B, T)
+            summed = label_smoothed_cross_entropy(
+                logits, batch.tgt_out, 0.0, pad_id, reduction="sum"
+            )
+            total += summed.item()
+            correct += int(((logits.argmax(-1) == batch.tgt_out) & keep).sum())
+            tokens += int(keep.sum())
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ValueError("evaluate got no target tokens (empty batches or only padding)")
+    loss = total / tokens
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "token_accuracy": correct / tokens,
+        "tokens": tokens,
+    }
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Return the fraction of predictions equal to their reference, character for character."""
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
+    if len(references) == 0:
+        raise ValueError("exact_match needs at least one reference")
+    return sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
+
+
+def grad_norms_by_layer(model: nn.Module) -> dict[str, float]:
+    """Return the gradient norm of each layer's parameters, in the model's order.
+
+    A layer is the name up to the first numeric index ("encoder.layers.0"), or the owning
+    module for parameters outside numbered stacks ("lm_head"). Call after ``backward()``.
+    """
+    squares: dict[str, float] = {}
+    for name, p in _unwrap(model).named_parameters():
+        if p.grad is None:
+            continue
+        parts = name.split(".")
+        digits = [i for i, part in enumerate(parts) if part.isdigit()]
+        key = ".".join(parts[: digits[0] + 1] if digits else parts[:-1]) or name
+        squares[key] = squares.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
+    return {k: math.sqrt(v) for k, v in squares.items()}
+
+
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` read besides the states it loaded into your objects."""
+
+    step: int
+    model_config: dict[str, Any] | None  # dataclasses.asdict(model.config), e.g. ModelConfig(**...)
+    train_config: dict[str, Any] | None  # TrainConfig.from_dict(...) rebuilds it
+    history: dict[str, Any] | None
+    extra: dict[str, Any]  # anything passed as extra= (tokenizer vocabulary, scores, ...)
+    rng: dict[str, Any] | None  # torch (and CUDA) random state at the time of saving
+    model_state: dict[str, Tensor]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    step: int = 0,
+    *,
+    train_config: TrainConfig | None = None,
+    history: History | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write model, optimizer and scheduler states, step and configs to ``path`` atomically.
+
+    The file is written next to ``path`` under a temporary name and renamed over it, so an
+    interrupted save never leaves a half-written checkpoint. Only tensors and plain Python
+    values are stored, so ``torch.load(weights_only=True)`` can read it.
+    """
+    path = Path(path)
+    inner = _unwrap(model)
+    config = getattr(inner, "config", None)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "step": int(step),
+        "model": inner.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "model_config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "train_config": train_config.to_dict() if train_config is not None else None,
+        "history": history.to_dict() if history is not None else None,
+        "extra": dict(extra or {}),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint`` and load its states into what you pass.
+
+    Uses ``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
+    The global random state is not touched (``fit(resume=True)`` restores it).
+    """
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a tfx_course checkpoint (format {CHECKPOINT_FORMAT})")
+    if model is not None:
+        _unwrap(model).load_state_dict(payload["model"])
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if target is not None:
+            if payload[name] is None:
+                raise ValueError(f"{path} holds no {name} state; it was saved without one")
+            target.load_state_dict(payload[name])
+    return Checkpoint(
+        step=payload["step"],
+        model_config=payload["model_config"],
+        train_config=payload["train_config"],
+        history=payload["history"],
+        extra=payload["extra"],
+        rng=payload["rng"],
+        model_state=payload["model"],
+    )

@@ -1,0 +1,222 @@
+"""Matplotlib pictures for the lessons: masks, attention weights, heads and curves.
+
+Shapes: T query length, S key length, H heads. Every function takes tensors or arrays,
+draws on the given Axes (or a new figure), sets a title and axis labels, and returns
+what it drew on, so a notebook can adjust it or a test can inspect it. Masks follow the
+course's convention: True = may attend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+__all__ = ["plot_mask", "plot_attention", "plot_heads", "plot_curves"]
+
+# Light grey for blocked positions, blue for allowed ones.
+MASK_COLOURS = ListedColormap(["#eeeeee", "#3b75af"])
+WEIGHTS_CMAP = "viridis"
+
+
+def _to_numpy(x: object, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+
+
+def _squeeze_to(x: np.ndarray, dims: int, name: str, expected: str, hint: str) -> np.ndarray:
+    """Drop leading size-1 axes until ``x`` has ``dims`` axes, or explain what to pass."""
+    while x.ndim > dims and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != dims:
+        shape = "(" + ", ".join(str(n) for n in x.shape) + ")"
+        raise ValueError(f"{name} must have shape {expected}, got {shape}; {hint}")
+    return x
+
+
+def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    if ax is not None:
+        return ax
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _set_ticks(ax: Axes, n_rows: int, n_cols: int, x_labels, y_labels) -> None:
+    for labels, n, axis in ((x_labels, n_cols, "x"), (y_labels, n_rows, "y")):
+        if labels is not None and len(labels) != n:
+            raise ValueError(
+                f"{axis}_labels has {len(labels)} entries but the matrix has {n} "
+                f"{'columns (keys)' if axis == 'x' else 'rows (queries)'}; pass one label each"
+            )
+    ax.set_xticks(range(n_cols), x_labels if x_labels is not None else range(n_cols))
+    ax.set_yticks(range(n_rows), y_labels if y_labels is not None else range(n_rows))
+    if x_labels is not None:
+        ax.tick_params(axis="x", labelrotation=90)
+
+
+def plot_mask(
+    mask: torch.Tensor | np.ndarray,
+    ax: Axes | None = None,
+    title: str = "mask (True = may attend)",
+    x_labels: Sequence[str] | None = None,
+    y_labels: Sequence[str] | None = None,
+    legend: bool = True,
+) -> Axes:
+    """Draw a boolean mask: allowed positions in blue, blocked ones in light grey.
+
+    Shapes:
+        mask: (T, S), or with leading size-1 axes such as (1, 1, T, S).
+        Row t is query position t, column s is key position s.
+    """
+    mask = _to_numpy(mask, "mask")
+    if mask.dtype != np.bool_:
+        raise TypeError(
+            f"mask must be boolean (True = may attend), got dtype {mask.dtype}; "
+            "for 0/1 values pass mask.bool()"
+        )
+    hint = "pick one mask, e.g. mask[0, 0], or expand a padding row with mask.expand(T, S)"
+    mask = _squeeze_to(mask, 2, "mask", "(T, S)", hint)
+    ax = _new_axes(ax, (3.0, 3.0))
+    ax.imshow(mask.astype(np.float32), cmap=MASK_COLOURS, vmin=0.0, vmax=1.0)
+    _set_ticks(ax, mask.shape[0], mask.shape[1], x_labels, y_labels)
+    ax.set_title(title)
+    ax.set_xlabel("key position s")
+    ax.set_ylabel("query position t")
+    if legend:
+        handles = [
+            Patch(color=MASK_COLOURS(1.0), label="True: may attend"),
+            Patch(color=MASK_COLOURS(0.0), label="False: blocked"),
+        ]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return ax
+
+
+def plot_attention(
+    weights: torch.Tensor | np.ndarray,
+    x_labels: Sequence[str] | None = None,
+    y_labels: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str = "attention weights",
+    annotate: bool = False,
+    colorbar: bool = True,
+    vmax: float | None = 1.0,
+) -> Axes:
+    """Draw one attention matrix as a heatmap: row t shows where query t looks.
+
+    Shapes:
+        weights: (T, S), or with leading size-1 axes such as (1, 1, T, S).
+
+    ``x_labels`` name the keys (columns) and ``y_labels`` the queries (rows).
+    ``annotate`` writes each weight in its cell (for small matrices). The colour scale
+    runs from 0 to ``vmax`` (1 by default, so pictures of different heads compare);
+    ``vmax=None`` stretches it to the largest weight.
+    """
+    weights = _to_numpy(weights, "weights")
+    hint = "pick one sequence and head, e.g. weights[0, 0], or use plot_heads for all heads"
+    weights = _squeeze_to(weights, 2, "weights", "(T, S)", hint).astype(np.float32)
+    ax = _new_axes(ax, (3.5, 3.0))
+    image = ax.imshow(weights, cmap=WEIGHTS_CMAP, vmin=0.0, vmax=vmax)
+    _set_ticks(ax, weights.shape[0], weights.shape[1], x_labels, y_labels)
+    ax.set_title(title)
+    ax.set_xlabel("key" if x_labels is not None else "key position s")
+    ax.set_ylabel("query" if y_labels is not None else "query position t")
+    if annotate:
+        top = vmax if vmax is not None else float(weights.max())
+        for (t, s), w in np.ndenumerate(weights):
+            colour = "black" if w > 0.6 * top else "white"
+            ax.text(s, t, f"{w:.2f}", ha="center", va="center", color=colour, fontsize=8)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def plot_heads(
+    weights: torch.Tensor | np.ndarray,
+    x_labels: Sequence[str] | None = None,
+    y_labels: Sequence[str] | None = None,
+    title: str = "attention weights per head",
+    head_names: Sequence[str] | None = None,
+    ncols: int | None = None,
+) -> Figure:
+    """Draw each head's attention matrix side by side, on one shared colour scale.
+
+    Shapes:
+        weights: (H, T, S), or (1, H, T, S) for a batch of one.
+
+    Returns the new Figure; its Axes (one per head, in head order) are ``fig.axes``,
+    followed by the colour bar's.
+    """
+    weights = _to_numpy(weights, "weights")
+    hint = "pick one sequence of the batch, e.g. weights[0] of a (B, H, T, S) tensor"
+    weights = _squeeze_to(weights, 3, "weights", "(H, T, S)", hint)
+    n_heads = weights.shape[0]
+    if head_names is not None and len(head_names) != n_heads:
+        raise ValueError(f"head_names has {len(head_names)} entries for {n_heads} heads")
+    ncols = min(n_heads, 4) if ncols is None else ncols
+    if ncols < 1:
+        raise ValueError(f"ncols must be at least 1, got {ncols}")
+    nrows = -(-n_heads // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.4 * ncols + 0.8, 2.6 * nrows), squeeze=False, layout="constrained"
+    )
+    for h, ax in enumerate(axes.flat):
+        if h >= n_heads:
+            ax.remove()
+            continue
+        name = head_names[h] if head_names is not None else f"head {h}"
+        plot_attention(weights[h], x_labels, y_labels, ax=ax, title=name, colorbar=False)
+        if h % ncols:  # rows are labelled once, at the left of each row of panels
+            ax.set_ylabel("")
+            ax.tick_params(labelleft=False)
+    fig.colorbar(axes.flat[0].images[0], ax=list(axes.flat[:n_heads]), shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_curves(
+    x: Sequence[float] | np.ndarray | torch.Tensor,
+    curves: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor],
+    ax: Axes | None = None,
+    title: str = "",
+    xlabel: str = "x",
+    ylabel: str = "y",
+    logx: bool = False,
+    logy: bool = False,
+) -> Axes:
+    """Draw one line per entry of ``curves`` against the shared ``x``, with a legend.
+
+    Shapes:
+        x: (N,), each curve: (N,). The legend shows each curve's key.
+
+    ``logx`` uses a base-2 scale (sizes like d_k double), ``logy`` a base-10 one.
+    """
+    x = np.asarray(_to_numpy(x, "x") if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"x must be one-dimensional, got shape {x.shape}")
+    if not curves:
+        raise ValueError("curves is empty: pass a dict like {'train loss': values}")
+    ax = _new_axes(ax, (4.5, 3.0))
+    for label, values in curves.items():
+        y = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+        y = np.asarray(y, dtype=np.float64)
+        if y.shape != x.shape:
+            raise ValueError(f"curve {label!r} has shape {y.shape} but x has shape {x.shape}")
+        ax.plot(x, y, marker="o" if len(x) <= 12 else None, label=label)
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False)
+    return ax

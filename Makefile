@@ -36,7 +36,9 @@ $(STAMP): pyproject.toml $(LOCK)
 setup: $(STAMP)
 
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) $(LAB_ARGS)
+	@# Opens at the repository root (lessons in notebooks/, practice in exercises/), on lesson 00.
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks/00_setup.ipynb \
+		$(ROOT_FLAG) $(LAB_ARGS)
 
 lint: setup
 	$(BIN)/ruff check tfx_course tests benchmarks tools notebooks
@@ -51,8 +53,8 @@ nbval: setup
 
 # Every solution must pass its checks; every untouched student notebook must fail them all.
 grade: setup
-	$(BIN)/tfx-course grade exercises/solutions --jobs 2
-	$(BIN)/tfx-course grade $(EXERCISES) --jobs 2 --expect not-attempted
+	$(BIN)/tfx-course grade exercises/solutions --jobs 2 --kernel $(KERNEL)
+	$(BIN)/tfx-course grade $(EXERCISES) --jobs 2 --kernel $(KERNEL) --expect not-attempted
 
 test: lint unit nbval grade
 

@@ -33,16 +33,7 @@ def _nan_scores(q, k):
     return torch.full(q.shape[:-1] + (k.shape[-2],), float("nan"))
 
 
-ALL_CHECKS = [
-    checks.check_attention_scores,
-    checks.check_padding_mask,
-    checks.check_causal_mask,
-    checks.check_masked_softmax,
-    checks.check_attention,
-    checks.check_split_heads,
-    checks.check_merge_heads,
-    checks.check_multi_head_attention,
-]
+ALL_CHECKS = [getattr(checks, name) for name in checks.__all__ if name.startswith("check_")]
 
 
 @pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)

@@ -39,16 +39,29 @@ def _bob(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def _eve(path: Path) -> None:
+    """A correct notebook whose kernel dies before the fourth check."""
+    nb = nbformat.read(SOLUTION, as_version=4)
+    crash = nbformat.v4.new_code_cell("import os\n\nos._exit(1)")
+    nb.cells.insert(exercise_cells(nb, "check")["masked_softmax"], crash)
+    nbformat.write(nb, path)
+
+
+STUDENTS = ("alice", "bob", "carol", "dave", "eve")
+
+
 def _grade_class(folder: Path) -> tuple[int, dict, Path]:
-    """Grade alice (correct), bob (partly wrong), carol (broken file), dave (untouched)."""
-    for student in ("alice", "bob", "carol", "dave"):
+    """Grade alice (correct), bob (partly wrong), carol (broken file), dave (untouched), eve
+    (kernel dies)."""
+    for student in STUDENTS:
         (folder / student).mkdir()
     (folder / "alice" / NAME).write_text(SOLUTION.read_text())
     _bob(folder / "bob" / NAME)
     (folder / "carol" / NAME).write_text(SOLUTION.read_text()[:500])  # truncated upload
     (folder / "dave" / NAME).write_text(STUDENT.read_text())
+    _eve(folder / "eve" / NAME)
     junit, table = folder / "report.xml", folder / "report.csv"
-    argv = ["grade", str(folder), "--jobs", "4", "--timeout", str(CELL_TIMEOUT)]
+    argv = ["grade", str(folder), "--jobs", "5", "--timeout", str(CELL_TIMEOUT)]
     argv += ["--check-timeout", "1", "--junit", str(junit), "--csv", str(table)]
     code = main(argv)
     with open(table, newline="") as f:
@@ -60,7 +73,7 @@ def test_grading_a_class_folder(tmp_path):
     # One kernel run per student for every assertion below: kernels are the slow part.
     code, rows, junit = _grade_class(tmp_path)
     assert code == 1, "some exercise failed, so the exit code is 1"
-    assert set(rows) == {(s, e) for s in ("alice", "bob", "carol", "dave") for e in LESSONS["01"]}
+    assert set(rows) == {(s, e) for s in STUDENTS for e in LESSONS["01"]}
 
     def verdict(student, exercise):
         return rows[(student, exercise)]["passed"] == "1", rows[(student, exercise)]["message"]
@@ -79,6 +92,11 @@ def test_grading_a_class_folder(tmp_path):
     passed, message = verdict("bob", "attention")
     assert not passed and message.startswith("not reached: cell")
     assert f"did not finish within {CELL_TIMEOUT} s" in message
+
+    for exercise in LESSONS["01"][:3]:
+        assert verdict("eve", exercise)[0]
+    for exercise in LESSONS["01"][3:]:
+        assert verdict("eve", exercise)[1].startswith("not reached: the kernel died")
 
     root = ET.parse(junit).getroot()
     cases = root.findall("./testsuite/testcase")

@@ -421,3 +421,44 @@ def test_checkpoint_of_a_wrapped_model_loads_into_the_plain_model(tmp_path):
     assert all(
         torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters(), strict=True)
     )
+
+
+# ---------------------------------------------------------------- extras used by long runs
+
+
+def test_on_validate_metrics_are_recorded_shown_and_saved(tmp_path, capsys):
+    calls = []
+
+    def on_validate(model, step):
+        calls.append((step, model.training))
+        return {"bleu": float(step)}
+
+    config = TrainConfig(max_steps=4, warmup_steps=1, eval_every=2, log_every=1)
+    path = tmp_path / "c.pt"
+    history = fit(_stand_in(), _batches(), config, _batches()[:1], checkpoint_path=path, on_validate=on_validate, show_speed=True)  # fmt: skip
+    assert calls == [(2, False), (4, False)]  # after each validation loss, in eval mode
+    assert history.val_metrics == {"bleu": [2.0, 4.0]}
+    err = capsys.readouterr().err
+    assert "val_bleu=4.00" in err and "tok/s=" in err
+    assert History.from_dict(load_checkpoint(path).history).val_metrics == {"bleu": [2.0, 4.0]}
+
+
+def test_fit_counts_target_tokens_and_stops_on_a_time_limit(tmp_path):
+    batches = _batches()
+    history = fit(_stand_in(), batches, TrainConfig(max_steps=2, warmup_steps=1), **QUIET)
+    order = training._batch_order(len(batches), 0, TrainConfig())
+    expected = sum(int((batches[i].tgt_out != 0).sum()) for i in order[:2])
+    assert history.train_tokens == expected and history.tokens_per_second > 0
+    path = tmp_path / "c.pt"
+    config = TrainConfig(max_steps=50, warmup_steps=1)
+    stopped = fit(_stand_in(), batches, config, checkpoint_path=path, max_seconds=0.0, **QUIET)
+    assert stopped.step == [1] and load_checkpoint(path).step == 1  # saved where it stopped
+
+
+def test_bf16_precision_is_validated_and_a_no_op_on_the_cpu():
+    with pytest.raises(ValueError, match="precision='fp16' is not one of"):
+        TrainConfig(precision="fp16")
+    config = TrainConfig(max_steps=3, warmup_steps=1)
+    plain = fit(_stand_in(), _batches(), config, **QUIET)
+    bf16 = fit(_stand_in(), _batches(), dataclasses.replace(config, precision="bf16"), **QUIET)
+    assert bf16.loss == plain.loss  # autocast is only enabled on CUDA

@@ -126,3 +126,111 @@ def test_plot_curves_rejects_mismatched_lengths():
         viz.plot_curves([1, 2, 3], {"a": [1, 2]})
     with pytest.raises(ValueError, match="curves is empty"):
         viz.plot_curves([1, 2, 3], {})
+
+
+def test_plot_position_changes_draws_grouped_bars_and_shades_the_edit():
+    changes = {"causal mask": torch.tensor([0.0, 0.0, 0.5, 0.7]), "no mask": [0.3, 0.2, 0.5, 0.9]}
+    ax = viz.plot_position_changes(changes, changed=[3, 0, 2], x_labels=list("abcd"), title="leak")
+    assert (ax.get_title(), ax.get_xlabel()) == ("leak", "position t")
+    assert [t.get_text() for t in ax.get_xticklabels()] == list("abcd")
+    assert [c.get_label() for c in ax.containers] == ["causal mask", "no mask"]
+    bars = [bar for container in ax.containers for bar in container]
+    np.testing.assert_allclose([b.get_height() for b in bars], [0, 0, 0.5, 0.7, 0.3, 0.2, 0.5, 0.9])
+    centres = np.array([b.get_x() + b.get_width() / 2 for b in bars])
+    np.testing.assert_allclose(centres[:4], np.arange(4) - 0.2)  # first setting left of centre
+    np.testing.assert_allclose(centres[4:], np.arange(4) + 0.2)
+    spans = [p for p in ax.patches if p not in bars]
+    assert sorted((s.get_x(), s.get_width()) for s in spans) == [(-0.5, 1.0), (1.5, 2.0)]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["causal mask", "no mask", "edited input"]
+    assert ax.get_yscale() == "linear"
+    assert viz.plot_position_changes(changes, logy=True).get_yscale() == "log"
+
+
+def test_plot_position_changes_rejects_bad_input():
+    with pytest.raises(ValueError, match="changes is empty"):
+        viz.plot_position_changes({})
+    with pytest.raises(ValueError, match=r"same length.*\(3,\).*\(2,\)"):
+        viz.plot_position_changes({"a": [1, 2, 3], "b": [1, 2]})
+    with pytest.raises(ValueError, match=r"one value per position.*amax\(-1\)"):
+        viz.plot_position_changes({"a": torch.zeros(1, 3, 4)})
+    with pytest.raises(ValueError, match=r"changed positions \[3\] are outside 0..2"):
+        viz.plot_position_changes({"a": [1, 2, 3]}, changed=[3])
+    with pytest.raises(ValueError, match="x_labels has 2 entries for 3 positions"):
+        viz.plot_position_changes({"a": [1, 2, 3]}, x_labels=["x", "y"])
+
+
+def _history(n_steps: int = 10):
+    from tfx_course.training import History
+
+    history = History()
+    for step in range(1, n_steps + 1):
+        history.record(step, loss=10.0 / step, lr=1e-3 * step / n_steps, grad_norm=1.0)
+    history.record_validation(5, 2.5)
+    history.record_validation(10, 1.5)
+    return history
+
+
+def test_plot_history_draws_loss_validation_and_learning_rate():
+    history = _history()
+    fig = viz.plot_history(history, title="run")
+    ax_loss, ax_lr = fig.axes
+    assert fig.get_suptitle() == "run"
+    assert (ax_loss.get_xlabel(), ax_lr.get_xlabel()) == ("step", "step")
+    assert ax_loss.get_yscale() == "log" and ax_lr.get_ylabel() == "lr"
+    train, val = ax_loss.lines
+    np.testing.assert_allclose(train.get_xdata(), history.step)
+    np.testing.assert_allclose(train.get_ydata(), history.loss)
+    np.testing.assert_allclose(val.get_xdata(), [5, 10])
+    np.testing.assert_allclose(val.get_ydata(), [2.5, 1.5])
+    np.testing.assert_allclose(ax_lr.lines[0].get_ydata(), history.lr)
+    assert [t.get_text() for t in ax_loss.get_legend().get_texts()] == ["train", "validation"]
+
+
+def test_plot_history_smooths_with_a_moving_average():
+    history = _history()
+    fig = viz.plot_history(history, smooth=4, logy=False)
+    raw, average, _ = fig.axes[0].lines
+    np.testing.assert_allclose(raw.get_ydata(), history.loss)
+    expected = [sum(history.loss[i - 3 : i + 1]) / 4 for i in range(3, 10)]
+    np.testing.assert_allclose(average.get_ydata(), expected)
+    np.testing.assert_allclose(average.get_xdata(), history.step[3:])
+    assert average.get_label() == "train (mean of 4)"
+    assert fig.axes[0].get_yscale() == "linear"
+
+
+def test_plot_history_rejects_bad_input():
+    from tfx_course.training import History
+
+    with pytest.raises(ValueError, match="history is empty"):
+        viz.plot_history(History())
+    with pytest.raises(TypeError, match="history has no 'step'"):
+        viz.plot_history({"loss": [1.0]})
+    with pytest.raises(ValueError, match="smooth must be a positive"):
+        viz.plot_history(_history(), smooth=0)
+    broken = _history()
+    broken.lr.pop()
+    with pytest.raises(ValueError, match="lengths 10, 10 and 9"):
+        viz.plot_history(broken)
+
+
+def test_plot_positional_encoding_shows_the_table_on_a_symmetric_scale():
+    gen = torch.Generator().manual_seed(0)
+    pe = torch.rand(1, 12, 8, generator=gen) * 2 - 1  # (1, max_len, C), values in [-1, 1)
+    ax = viz.plot_positional_encoding(pe, title="table")
+    assert ax.get_title() == "table"
+    assert ax.get_xlabel() == "feature (column of the table)"
+    assert ax.get_ylabel() == "position"
+    image = np.asarray(ax.images[0].get_array())
+    assert image.shape == (12, 8)  # rows are positions, columns are features
+    np.testing.assert_allclose(image, pe[0].numpy())
+    assert ax.images[0].get_clim() == (-1.0, 1.0)
+    wide = viz.plot_positional_encoding(3 * np.eye(4), colorbar=False)
+    assert wide.images[0].get_clim() == (-3.0, 3.0)  # values beyond [-1, 1] stay visible
+
+
+def test_plot_positional_encoding_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(max_len, C\).*\(2, 3, 4\).*sinusoidal_encoding"):
+        viz.plot_positional_encoding(torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="torch.Tensor or a numpy array"):
+        viz.plot_positional_encoding([[0.0, 1.0]])

@@ -15,14 +15,18 @@ Usage in the notebooks: ``import tfx_course as tfx`` and qualified names, e.g.
 
 from tfx_course import (
     attention,
+    checkpoint,
     checks,
     data,
     decoding,
     device,
+    evaluation,
     layers,
     model,
+    pretrained,
     repro,
     training,
+    translation,
     viz,
 )
 from tfx_course.doctor import doctor
@@ -33,16 +37,20 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "attention",
+    "checkpoint",
     "checks",
     "data",
     "decoding",
     "device",
     "doctor",
+    "evaluation",
     "layers",
     "model",
+    "pretrained",
     "repro",
     "seed_everything",
     "setup_notebook",
     "training",
+    "translation",
     "viz",
 ]

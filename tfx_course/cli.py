@@ -52,6 +52,55 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_data_status)
 
 
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from tfx_course.translation import get_preset, train_translation
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    changes = {k: getattr(args, k) for k in ("max_steps", "max_tokens", "lr", "seed")}
+    preset = get_preset(args.preset).replace(**{k: v for k, v in changes.items() if v is not None})
+    summary = train_translation(
+        preset,
+        args.out,
+        resume=args.resume,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        data_root=args.data_root,
+        progress=not args.no_progress,
+    )
+    if summary["rank"] == 0:
+        bleu = summary["val_bleu_greedy"]
+        print(
+            f"step {summary['steps']}, {summary['tokens_per_second']:.0f} tokens/s, "
+            f"val_loss {summary['val_loss']}, greedy val BLEU {bleu}; wrote {args.out}"
+        )
+    return 0
+
+
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a Multi30k German-English model (also under torchrun for several GPUs)",
+    )
+    from tfx_course.translation import PRESETS
+
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="size and recipe")
+    p.add_argument("--out", required=True, help="folder for checkpoint, tokenizer, curves")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after M min")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best found)")
+    p.add_argument("--data-root", default=None, help="folder holding multi30k/")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's steps")
+    p.add_argument("--max-tokens", type=int, default=None, help="override tokens per batch")
+    p.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
+    p.add_argument("--seed", type=int, default=None, help="override the seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfx-course", description="Helpers for the tfx_course Transformer course."
@@ -61,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit with 1 if any problem is found")
     p.set_defaults(func=_doctor)
     _add_data_commands(sub)
+    _add_train_command(sub)
     from tfx_course.grade_cli import add_commands as add_grade_commands
 
     add_grade_commands(sub)

@@ -212,7 +212,8 @@ async def _grade_one(
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as exc:  # not JSON, not a notebook, unreadable
-        return _fail_all(report, f"the notebook could not be read: {type(exc).__name__}: {exc}")
+        detail = str(exc).split(": '", 1)[0].strip()[:200]  # without the quoted file contents
+        return _fail_all(report, f"the notebook could not be read: {type(exc).__name__}: {detail}")
     with tempfile.TemporaryDirectory(prefix="tfx-grade-") as tmp:
         results_file = Path(tmp) / "results.jsonl"
         env = {k: v for k, v in os.environ.items() if k != RAISE_ENV}

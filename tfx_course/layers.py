@@ -200,40 +200,25 @@ class FeedForward(nn.Module):
 
 
 class _ResidualLayer(nn.Module):
-    """Shared wiring of a sublayer: residual add and Pre-LN or Post-LN placement of the norm."""
+    """The wiring shared by both layers: "Add & Norm" around each sublayer, Pre-LN or Post-LN."""
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
-        dropout: float,
-        norm_first: bool,
-        residual: bool,
-        fused_attention: bool,
-    ):
+    def __init__(self, dropout: float, norm_first: bool, residual: bool, fused_attention: bool):
         super().__init__()
-        _check_positive(d_model=d_model, n_heads=n_heads, d_ff=d_ff)
         _check_dropout(dropout)
         self.norm_first, self.residual = norm_first, residual
         self.fused_attention = fused_attention
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
-        self.ff = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def _sublayer_input(self, x: Tensor, norm: nn.Module) -> Tensor:
+    def _pre_norm(self, x: Tensor, norm: nn.Module) -> Tensor:
         """Pre-LN normalises what goes into the sublayer; Post-LN passes x as it is."""
         return norm(x) if self.norm_first else x
 
-    def _sublayer_output(self, x: Tensor, out: Tensor, norm: nn.Module) -> Tensor:
+    def _add_and_norm(self, x: Tensor, out: Tensor, norm: nn.Module) -> Tensor:
         """Add the sublayer's output to its input (unless residual=False); Post-LN then normalises."""
         out = self.dropout(out)
         if self.residual:
             out = x + out
         return out if self.norm_first else norm(out)
-
-    def _feed_forward(self, x: Tensor, norm: nn.Module) -> Tensor:
-        return self._sublayer_output(x, self.ff(self._sublayer_input(x, norm)), norm)
 
 
 class EncoderLayer(_ResidualLayer):
@@ -256,7 +241,9 @@ class EncoderLayer(_ResidualLayer):
         residual: bool = True,
         fused_attention: bool = False,
     ):
-        super().__init__(d_model, n_heads, d_ff, dropout, norm_first, residual, fused_attention)
+        super().__init__(dropout, norm_first, residual, fused_attention)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.ff = FeedForward(d_model, d_ff, dropout)
         self.norm1 = LayerNorm(d_model, fused=fused_attention)
         self.norm2 = LayerNorm(d_model, fused=fused_attention)
 
@@ -272,10 +259,11 @@ class EncoderLayer(_ResidualLayer):
     def _forward(
         self, x: Tensor, mask: Tensor | None, need_weights: bool
     ) -> tuple[Tensor, Tensor | None]:
-        h = self._sublayer_input(x, self.norm1)
+        h = self._pre_norm(x, self.norm1)
         h, weights = self.self_attn(h, h, h, mask, need_weights=need_weights)  # (B, S, C)
-        x = self._sublayer_output(x, h, self.norm1)
-        return self._feed_forward(x, self.norm2), weights  # (B, S, C)
+        x = self._add_and_norm(x, h, self.norm1)
+        h = self.ff(self._pre_norm(x, self.norm2))
+        return self._add_and_norm(x, h, self.norm2), weights  # (B, S, C)
 
 
 class DecoderLayer(_ResidualLayer):
@@ -297,8 +285,10 @@ class DecoderLayer(_ResidualLayer):
         residual: bool = True,
         fused_attention: bool = False,
     ):
-        super().__init__(d_model, n_heads, d_ff, dropout, norm_first, residual, fused_attention)
+        super().__init__(dropout, norm_first, residual, fused_attention)
+        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout)
+        self.ff = FeedForward(d_model, d_ff, dropout)
         self.norm1 = LayerNorm(d_model, fused=fused_attention)
         self.norm2 = LayerNorm(d_model, fused=fused_attention)
         self.norm3 = LayerNorm(d_model, fused=fused_attention)
@@ -333,12 +323,13 @@ class DecoderLayer(_ResidualLayer):
         memory_mask: Tensor | None,
         need_weights: bool,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        h = self._sublayer_input(x, self.norm1)
+        h = self._pre_norm(x, self.norm1)
         h, self_weights = self.self_attn(h, h, h, self_mask, need_weights=need_weights)
-        x = self._sublayer_output(x, h, self.norm1)  # (B, T, C)
-        h = self._sublayer_input(x, self.norm2)
+        x = self._add_and_norm(x, h, self.norm1)  # (B, T, C)
+        h = self._pre_norm(x, self.norm2)
         h, cross_weights = self.cross_attn(
             h, memory, memory, memory_mask, need_weights=need_weights
         )
-        x = self._sublayer_output(x, h, self.norm2)  # (B, T, C)
-        return self._feed_forward(x, self.norm3), self_weights, cross_weights  # (B, T, C)
+        x = self._add_and_norm(x, h, self.norm2)  # (B, T, C)
+        h = self.ff(self._pre_norm(x, self.norm3))
+        return self._add_and_norm(x, h, self.norm3), self_weights, cross_weights  # (B, T, C)

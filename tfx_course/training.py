@@ -1,4 +1,7 @@
-"""Training a sequence-to-sequence model: config, loss, schedule, optimizer, loop, checkpoints.
+"""Training a sequence-to-sequence model: config, loss, schedule, optimizer, loop.
+
+Checkpoints are written by ``tfx_course.checkpoint`` (``save_checkpoint`` and
+``load_checkpoint`` are re-exported here). ``fit`` also runs under DistributedDataParallel.
 
 Shapes: B batch, S source length, T target length, V target vocabulary size.
 
@@ -12,17 +15,19 @@ import dataclasses
 import math
 import os
 import random
-import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from tfx_course.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, unwrap_model
 from tfx_course.data.batching import Seq2SeqBatch
 from tfx_course.repro import seed_everything
 
@@ -38,6 +43,7 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "train_step",
+    "shard_batch",
     "fit",
     "evaluate",
     "exact_match",
@@ -47,7 +53,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("noam", "cosine", "linear", "constant")
-CHECKPOINT_FORMAT = 1
+PRECISIONS = ("fp32", "bf16")
 # Fields that change how a run reports, not what it computes: a resumed run may change them.
 _REPORTING_FIELDS = {"log_every", "eval_every", "checkpoint_every"}
 
@@ -72,6 +78,7 @@ class TrainConfig:
     log_every: int = 10  # refresh the progress bar's loss and lr every n steps
     eval_every: int | None = None  # validation loss every n steps (and at the end)
     checkpoint_every: int | None = None  # save every n steps (and at the end) when given a path
+    precision: str = "fp32"  # "bf16": bfloat16 autocast for the forward pass (CUDA only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))  # from_dict may hand in a list
@@ -90,6 +97,7 @@ class TrainConfig:
             (_is_int(self.log_every) and self.log_every >= 1, f"log_every={self.log_every!r} must be a positive integer"),
             (_positive_or_none(self.eval_every), f"eval_every={self.eval_every!r} must be a positive integer or None"),
             (_positive_or_none(self.checkpoint_every), f"checkpoint_every={self.checkpoint_every!r} must be a positive integer or None"),
+            (self.precision in PRECISIONS, f"precision={self.precision!r} is not one of {PRECISIONS}"),
         ]  # fmt: skip
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -161,7 +169,10 @@ class History:
     grad_norm: list[float] = field(default_factory=list)  # global gradient norm before clipping
     val_step: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)  # cross-entropy per token, no smoothing
+    val_metrics: dict[str, list[float]] = field(default_factory=dict)  # on_validate's, per val_step
     diverged_at: int | None = None  # step whose loss was not finite (the run stopped there)
+    train_seconds: float = 0.0  # wall time spent in training steps, over all resumed calls
+    train_tokens: int = 0  # target tokens (not padding) trained on, over all resumed calls
 
     def __repr__(self) -> str:
         last = f", loss={self.loss[-1]:.4f}" if self.loss else ""
@@ -176,26 +187,34 @@ class History:
         self.lr.append(lr)
         self.grad_norm.append(grad_norm)
 
-    def record_validation(self, step: int, loss: float) -> None:
-        """Append one validation result."""
+    def record_validation(self, step: int, loss: float, **metrics: float) -> None:
+        """Append one validation result, with any extra metrics (e.g. ``bleu=31.2``)."""
         self.val_step.append(step)
         self.val_loss.append(loss)
+        for name, value in metrics.items():
+            self.val_metrics.setdefault(name, []).append(value)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Average training speed: target tokens per second of training steps."""
+        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
 
     def summary(self) -> str:
         """Return the progress bar's text: last loss and lr, rounded, so it prints the same each run."""
         if not self.loss:
             return ""
         text = f"loss={self.loss[-1]:.3f}, lr={self.lr[-1]:.2e}"
-        return text + (f", val_loss={self.val_loss[-1]:.3f}" if self.val_loss else "")
+        text += f", val_loss={self.val_loss[-1]:.3f}" if self.val_loss else ""
+        return text + "".join(f", val_{k}={v[-1]:.2f}" for k, v in self.val_metrics.items() if v)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> History:
-        return cls(
-            **{k: (list(v) if isinstance(v, list | tuple) else v) for k, v in values.items()}
-        )
+        values = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in values.items()}
+        values["val_metrics"] = {k: list(v) for k, v in values.get("val_metrics", {}).items()}
+        return cls(**values)
 
 
 def label_smoothed_cross_entropy(
@@ -301,15 +320,10 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model  # the wrapped model itself
-
-
 def _pad_id(model: nn.Module, pad_id: int | None) -> int:
     if pad_id is not None:
         return pad_id
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap_model(model), "config", None)
     if config is None or not hasattr(config, "pad_id"):
         raise ValueError("the model has no config.pad_id; pass pad_id= explicitly")
     return int(config.pad_id)
@@ -317,6 +331,18 @@ def _pad_id(model: nn.Module, pad_id: int | None) -> int:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _world() -> tuple[int, int]:
+    """Return (rank, world size): (0, 1) unless torch.distributed is running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    enabled = precision == "bf16" and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def train_step(
@@ -327,16 +353,33 @@ def train_step(
     config: TrainConfig,
     pad_id: int,
 ) -> tuple[float, float, float]:
-    """Run one optimizer step on ``batch``; return (loss, grad norm before clipping, lr used)."""
+    """Run one optimizer step on ``batch``; return (loss, grad norm before clipping, lr used).
+
+    Under DistributedDataParallel ``batch`` is this process's shard of a global batch: the loss
+    is divided by the global number of target tokens, so the averaged gradients and the
+    returned loss equal one process's on the whole batch.
+    """
+    _, world = _world()
     lr = optimizer.param_groups[0]["lr"]
-    logits = model(batch.src, batch.tgt_in)  # (B, T, V)
-    loss = label_smoothed_cross_entropy(logits, batch.tgt_out, config.label_smoothing, pad_id)
+    with _autocast(batch.src.device, config.precision):
+        logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+    summed = label_smoothed_cross_entropy(
+        logits, batch.tgt_out, config.label_smoothing, pad_id, reduction="sum"
+    )
+    tokens = (batch.tgt_out != pad_id).sum()  # this shard's target tokens, a tensor: no sync
+    if world > 1:
+        both = torch.stack([summed.detach(), tokens.to(summed.dtype)])
+        dist.all_reduce(both)  # global loss sum and token count
+        reported, tokens = both[0], both[1]
+    loss = summed * world / tokens.clamp(min=1)  # DDP averages over ranks: x world undoes that
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = config.clip_norm if config.clip_norm is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     optimizer.step()
     scheduler.step()
+    if world > 1:
+        loss = reported / tokens.clamp(min=1)
     return loss.item(), grad_norm.item(), lr
 
 
@@ -345,6 +388,29 @@ def _batch_order(n: int, epoch: int, config: TrainConfig) -> list[int]:
     if config.shuffle:
         random.Random(f"{config.seed}:{epoch}").shuffle(order)  # own generator: resumable
     return order
+
+
+def shard_batch(batch: Seq2SeqBatch, rank: int, world: int) -> Seq2SeqBatch:
+    """Return rows ``rank, rank + world, ...`` of ``batch``: this process's share of it.
+
+    Shapes: (B, L) tensors -> (ceil((B - rank) / world), L).
+    """
+    if len(batch) < world:
+        raise ValueError(
+            f"a batch of {len(batch)} rows cannot be shared by {world} processes; "
+            "use larger batches (more tokens per batch) or fewer processes"
+        )
+    rows = slice(rank, None, world)
+    return Seq2SeqBatch(batch.src[rows], batch.tgt_in[rows], batch.tgt_out[rows])
+
+
+def _agree(flag: bool, device: torch.device) -> bool:
+    """Return True on every process if ``flag`` is True on any (so all stop together)."""
+    if _world()[1] == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def fit(
@@ -358,6 +424,10 @@ def fit(
     resume: bool = False,
     stop_after: int | None = None,
     pad_id: int | None = None,
+    max_seconds: float | None = None,
+    on_validate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    show_speed: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> History:
     """Train ``model`` for ``config.max_steps`` steps, cycling through ``train_batches``.
 
@@ -368,12 +438,22 @@ def fit(
     file if it exists and continues from its step with the same optimizer, schedule, random
     state and history. ``stop_after`` ends this call at that step (the schedule still spans
     ``max_steps``). A non-finite loss stops the run and sets ``History.diverged_at``.
+
+    ``max_seconds`` ends this call (with a checkpoint) once that much time has passed.
+    ``on_validate(model, step)`` runs in eval mode after each validation loss and returns
+    metrics (e.g. ``{"bleu": 31.2}``) stored in ``History.val_metrics``. ``show_speed`` adds
+    target tokens per second to the bar. ``extra`` is stored in every checkpoint.
+
+    Under DistributedDataParallel (``model`` wrapped, process group running) every process
+    passes the same ``train_batches`` and trains on its rows of each (``shard_batch``);
+    only rank 0 shows progress, validates and writes checkpoints.
     """
     if not isinstance(train_batches, Sequence) or len(train_batches) == 0:
         raise ValueError(
             "train_batches must be a non-empty list of Seq2SeqBatch (see make_batches)"
         )
     pad_id, device = _pad_id(model, pad_id), _device(model)
+    rank, world = _world()
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     history, step = History(), 0
@@ -382,39 +462,64 @@ def fit(
     else:
         seed_everything(config.seed)
     end = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
-    bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not progress)
+    lead = rank == 0
+    bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not (progress and lead))
+    saved: list[int] = []
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, train_config=config, history=history)  # fmt: skip
+        if lead:
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, train_config=config, history=history, extra=extra)  # fmt: skip
         saved.append(step)
 
-    saved: list[int] = []
+    def validate() -> None:
+        inner = unwrap_model(model)  # rank 0 alone: no collective calls inside
+        loss = evaluate(inner, val_batches, pad_id=pad_id)["loss"]
+        metrics = {}
+        if on_validate is not None:
+            inner.eval()
+            try:
+                metrics = on_validate(inner, step)
+            finally:
+                inner.train()
+        history.record_validation(step, loss, **metrics)
 
     model.train()
     n, epoch, order = len(train_batches), None, []
+    started = last = time.perf_counter()
     while step < end:
         if step // n != epoch:  # the order depends only on (seed, epoch), so resuming repeats it
             epoch = step // n
             order = _batch_order(n, epoch, config)
-        batch = train_batches[order[step % n]].to(device)
-        loss, grad_norm, lr = train_step(model, batch, optimizer, scheduler, config, pad_id)
+        batch = train_batches[order[step % n]]
+        tokens = batch.num_tokens(pad_id)  # of the global batch, counted on the CPU
+        if world > 1:
+            batch = shard_batch(batch, rank, world)
+        loss, grad_norm, lr = train_step(model, batch.to(device), optimizer, scheduler, config, pad_id)  # fmt: skip
         step += 1
+        now = time.perf_counter()
+        history.train_seconds += now - last
+        history.train_tokens += tokens
         history.record(step, loss, lr, grad_norm)
         bar.update(1)
         if not math.isfinite(loss):
             history.diverged_at = step
-            if progress:
+            if progress and lead:
                 bar.write(
                     f"stopped at step {step}: the loss is {loss} (lower lr or longer warmup?)"
                 )
             break
         evaluate_now = config.eval_every is not None and step % config.eval_every == 0
-        if val_batches and (evaluate_now or step == config.max_steps):
-            history.record_validation(step, evaluate(model, val_batches, pad_id=pad_id)["loss"])
+        if lead and val_batches and (evaluate_now or step == config.max_steps):
+            validate()
         if step % config.log_every == 0 or step == end:
-            bar.set_postfix_str(history.summary(), refresh=False)
+            speed = f", tok/s={history.tokens_per_second:.0f}" if show_speed else ""
+            bar.set_postfix_str(history.summary() + speed, refresh=False)
         if checkpoint_path is not None and step % (config.checkpoint_every or end + 1) == 0:
             checkpoint()
+        out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
+        if _agree(out_of_time, device):
+            break
+        last = time.perf_counter()  # validation and saving do not count as training time
     bar.close()
     if checkpoint_path is not None and saved[-1:] != [step]:
         checkpoint()
@@ -496,7 +601,7 @@ def grad_norms_by_layer(model: nn.Module) -> dict[str, float]:
     module for parameters outside numbered stacks ("lm_head"). Call after ``backward()``.
     """
     squares: dict[str, float] = {}
-    for name, p in _unwrap(model).named_parameters():
+    for name, p in unwrap_model(model).named_parameters():
         if p.grad is None:
             continue
         parts = name.split(".")
@@ -504,99 +609,3 @@ def grad_norms_by_layer(model: nn.Module) -> dict[str, float]:
         key = ".".join(parts[: digits[0] + 1] if digits else parts[:-1]) or name
         squares[key] = squares.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
     return {k: math.sqrt(v) for k, v in squares.items()}
-
-
-@dataclass
-class Checkpoint:
-    """What ``load_checkpoint`` read besides the states it loaded into your objects."""
-
-    step: int
-    model_config: dict[str, Any] | None  # dataclasses.asdict(model.config), e.g. ModelConfig(**...)
-    train_config: dict[str, Any] | None  # TrainConfig.from_dict(...) rebuilds it
-    history: dict[str, Any] | None
-    extra: dict[str, Any]  # anything passed as extra= (tokenizer vocabulary, scores, ...)
-    rng: dict[str, Any] | None  # torch (and CUDA) random state at the time of saving
-    model_state: dict[str, Tensor]
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    step: int = 0,
-    *,
-    train_config: TrainConfig | None = None,
-    history: History | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write model, optimizer and scheduler states, step and configs to ``path`` atomically.
-
-    The file is written next to ``path`` under a temporary name and renamed over it, so an
-    interrupted save never leaves a half-written checkpoint. Only tensors and plain Python
-    values are stored, so ``torch.load(weights_only=True)`` can read it.
-    """
-    path = Path(path)
-    inner = _unwrap(model)
-    config = getattr(inner, "config", None)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "step": int(step),
-        "model": inner.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "model_config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
-        "train_config": train_config.to_dict() if train_config is not None else None,
-        "history": history.to_dict() if history is not None else None,
-        "extra": dict(extra or {}),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        },
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(
-    path: str | os.PathLike,
-    model: nn.Module | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    map_location: str | torch.device = "cpu",
-) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint`` and load its states into what you pass.
-
-    Uses ``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
-    The global random state is not touched (``fit(resume=True)`` restores it).
-    """
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a tfx_course checkpoint (format {CHECKPOINT_FORMAT})")
-    if model is not None:
-        _unwrap(model).load_state_dict(payload["model"])
-    for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
-        if target is not None:
-            if payload[name] is None:
-                raise ValueError(f"{path} holds no {name} state; it was saved without one")
-            target.load_state_dict(payload[name])
-    return Checkpoint(
-        step=payload["step"],
-        model_config=payload["model_config"],
-        train_config=payload["train_config"],
-        history=payload["history"],
-        extra=payload["extra"],
-        rng=payload["rng"],
-        model_state=payload["model"],
-    )

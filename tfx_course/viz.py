@@ -18,7 +18,15 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-__all__ = ["plot_mask", "plot_attention", "plot_heads", "plot_curves"]
+__all__ = [
+    "plot_mask",
+    "plot_attention",
+    "plot_heads",
+    "plot_curves",
+    "plot_position_changes",
+    "plot_history",
+    "plot_positional_encoding",
+]
 
 # Light grey for blocked positions, blue for allowed ones.
 MASK_COLOURS = ListedColormap(["#eeeeee", "#3b75af"])
@@ -219,4 +227,164 @@ def plot_curves(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(frameon=False)
+    return ax
+
+
+def plot_position_changes(
+    changes: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor],
+    changed: Sequence[int] = (),
+    x_labels: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    title: str = "output change per position",
+    xlabel: str = "position t",
+    ylabel: str = "max |change| of the output",
+    logy: bool = False,
+) -> Axes:
+    """Draw how much each position's output moved under each setting, as grouped bars.
+
+    Shapes:
+        each entry of changes: (T,), one number per position, e.g.
+        ``(out - edited_out).abs().amax(-1)[0]`` for outputs of shape (1, T, C).
+
+    ``changed`` lists the positions whose input was edited; they are shaded, so a bar
+    outside the shading shows information travelling from the edit to another position
+    (the point of an encoder, a leak of the future in a decoder). ``logy`` uses a base-10
+    scale, for changes of very different sizes; a change of exactly 0 then draws no bar.
+    """
+    if not changes:
+        raise ValueError("changes is empty: pass a dict like {'causal mask': per_position_change}")
+    bars = {}
+    for label, values in changes.items():
+        y = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+        bars[label] = np.asarray(y, dtype=np.float64)
+    lengths = {label: y.shape for label, y in bars.items()}
+    if any(len(shape) != 1 for shape in lengths.values()) or len(set(lengths.values())) != 1:
+        raise ValueError(
+            f"each entry of changes must be one value per position, all of the same length "
+            f"(T,); got shapes {lengths}; reduce the feature axis first, e.g. .abs().amax(-1)"
+        )
+    n_positions = next(iter(bars.values())).shape[0]
+    bad = [p for p in changed if not 0 <= p < n_positions]
+    if bad:
+        raise ValueError(f"changed positions {bad} are outside 0..{n_positions - 1}")
+    if x_labels is not None and len(x_labels) != n_positions:
+        raise ValueError(f"x_labels has {len(x_labels)} entries for {n_positions} positions")
+    ax = _new_axes(ax, (4.5, 3.0))
+    width = 0.8 / len(bars)
+    handles = []
+    for i, (label, y) in enumerate(bars.items()):
+        offset = (i - (len(bars) - 1) / 2) * width
+        handles.append(ax.bar(np.arange(n_positions) + offset, y, width, label=label))
+    runs: list[list[int]] = []  # neighbouring positions share one shaded span
+    for p in sorted(set(changed)):
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    for i, (first, last) in enumerate(runs):
+        span = ax.axvspan(first - 0.5, last + 0.5, color="#f2d7a6", alpha=0.6, zorder=0)
+        if i == 0:
+            span.set_label("edited input")
+            handles.append(span)
+    ax.set_xticks(range(n_positions), x_labels if x_labels is not None else range(n_positions))
+    ax.set_xlim(-0.5, n_positions - 0.5)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return ax
+
+
+def _series(history: object, name: str) -> np.ndarray:
+    values = getattr(history, name, None)
+    if values is None:
+        raise TypeError(f"history has no {name!r}: pass the History that tfx.training.fit returned")
+    return np.asarray(values, dtype=np.float64)
+
+
+def plot_history(
+    history: object,
+    title: str = "training curves",
+    smooth: int = 1,
+    logy: bool = True,
+) -> Figure:
+    """Draw a training run: the loss per step on the left, the learning rate on the right.
+
+    Shapes:
+        history.step, history.loss, history.lr: (N,), one entry per optimizer step;
+        history.val_step, history.val_loss (optional): (M,), one entry per validation.
+
+    ``history`` is a ``tfx.training.History`` (or anything with those lists). ``smooth`` > 1
+    draws the moving average over that many steps on top of the faint raw loss, so the trend
+    shows through the noise of single batches. ``logy`` puts the loss on a base-10 scale.
+    Returns the new Figure; ``fig.axes`` are the loss and the learning-rate panels.
+    """
+    step, loss, lr = (_series(history, name) for name in ("step", "loss", "lr"))
+    if step.size == 0:
+        raise ValueError("history is empty: train for at least one step first")
+    if not step.shape == loss.shape == lr.shape:
+        raise ValueError(
+            f"history.step, loss and lr must have one entry per step, got lengths "
+            f"{step.size}, {loss.size} and {lr.size}"
+        )
+    if not isinstance(smooth, int) or smooth < 1:
+        raise ValueError(f"smooth must be a positive number of steps, got {smooth!r}")
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(9.0, 3.0), layout="constrained")
+    if smooth > 1 and step.size >= smooth:
+        ax_loss.plot(step, loss, color="C0", alpha=0.25, linewidth=0.8)
+        average = np.convolve(loss, np.ones(smooth) / smooth, mode="valid")
+        ax_loss.plot(step[smooth - 1 :], average, color="C0", label=f"train (mean of {smooth})")
+    else:
+        ax_loss.plot(step, loss, color="C0", label="train")
+    val_step = getattr(history, "val_step", None)
+    if val_step is not None and len(val_step) > 0:
+        val_loss = _series(history, "val_loss")
+        if val_loss.shape != (len(val_step),):
+            raise ValueError(
+                f"history.val_step has {len(val_step)} entries but val_loss has {val_loss.size}"
+            )
+        ax_loss.plot(val_step, val_loss, "o-", color="C1", label="validation")
+    if logy:
+        ax_loss.set_yscale("log")
+    ax_loss.set_title("loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("cross-entropy per token")
+    ax_loss.legend(frameon=False)
+    ax_lr.plot(step, lr, color="C2")
+    ax_lr.set_title("learning rate")
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("lr")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_positional_encoding(
+    pe: torch.Tensor | np.ndarray,
+    ax: Axes | None = None,
+    title: str = "positional encodings",
+    colorbar: bool = True,
+) -> Axes:
+    """Draw a table of positional encodings as a heatmap: row = position, column = feature.
+
+    Shapes:
+        pe: (max_len, C), or with leading size-1 axes such as (1, max_len, C).
+
+    The colour scale is symmetric around 0 (red positive, blue negative) and spans at
+    least [-1, 1], the range of sinusoidal encodings, so tables of different sizes compare.
+    """
+    pe = _to_numpy(pe, "pe")
+    hint = "pass one table, e.g. tfx.layers.sinusoidal_encoding(max_len, d_model)"
+    pe = _squeeze_to(pe, 2, "pe", "(max_len, C)", hint).astype(np.float32)
+    ax = _new_axes(ax, (5.0, 3.5))
+    top = max(1.0, float(np.abs(pe).max())) if pe.size else 1.0
+    image = ax.imshow(
+        pe, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto", interpolation="nearest"
+    )
+    ax.set_title(title)
+    ax.set_xlabel("feature (column of the table)")
+    ax.set_ylabel("position")
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return ax

@@ -158,9 +158,12 @@ def _schedule_steps(fn: Callable[..., Any], timeout: float | None) -> str:
                 raise Fail(f"{failure}{hint}") from None
             if isinstance(value, Tensor) and value.numel() == 1:
                 value = value.item()
+            if isinstance(value, int | float) and not is_float(value):
+                raise Fail(f"{what} returned {value}; the learning rate must be a finite number")
             if not is_float(value):
                 raise Fail(
-                    f"{what} returned {value!r}; return one finite number, the learning rate"
+                    f"{what} returned a {type(value).__name__}; return one finite number, "
+                    "the learning rate"
                 )
             got[(s, d, w)] = float(value)
     expected = {key: _noam(*key) for key in got}

@@ -1,0 +1,211 @@
+"""Tests for the Multi30k recipe: presets, data pipeline, training run, resume, scoring."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tfx_course.cli import build_parser
+from tfx_course.data.batching import Seq2SeqBatch
+from tfx_course.data.multi30k import load_multi30k
+from tfx_course.evaluation import corpus_bleu
+from tfx_course.model import Transformer
+from tfx_course.pretrained import (
+    SUBSET_SIZE,
+    export_course_checkpoint,
+    export_model,
+    load_course_model,
+    load_model,
+    model_from_training_checkpoint,
+    score_test2016,
+)
+from tfx_course.training import TrainConfig, load_checkpoint, shard_batch
+from tfx_course.translation import (
+    PRESETS,
+    Preset,
+    get_preset,
+    prepare_data,
+    train_translation,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_root() -> Path:
+    env = os.environ.get("TFX_COURSE_DATA")
+    root = Path(env) if env else REPO.parent / "shared" / "data"
+    if not (root / "multi30k").is_dir():
+        pytest.fail(
+            f"Multi30k not found in {root / 'multi30k'}: set TFX_COURSE_DATA to a folder "
+            "holding multi30k/*.gz (or put that folder in ../shared/data beside the repository)"
+        )
+    return root
+
+
+def _tiny(**changes) -> Preset:
+    """A preset that trains in about a second: 120 sentence pairs, d_model 16."""
+    base = Preset(
+        name="test-tiny",
+        description="tests",
+        vocab_size=300,
+        d_model=16,
+        n_heads=4,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        d_ff=32,
+        dropout=0.1,  # dropout on: resuming must restore the random state too
+        max_len=64,
+        max_tokens=400,
+        max_train_pairs=120,
+        max_val_pairs=20,
+        bleu_sentences=4,
+        decode_max_len=8,
+        train=TrainConfig(lr=3e-3, max_steps=6, warmup_steps=2, schedule="cosine", checkpoint_every=2),
+    )  # fmt: skip
+    return base.replace(**changes)
+
+
+def test_presets_build_valid_models_of_the_promised_size():
+    for name, preset in PRESETS.items():
+        assert get_preset(name) is preset and preset.name == name
+        config = preset.model_config(preset.vocab_size)
+        assert config.tie_embeddings and config.d_model == preset.d_model
+    course = PRESETS["cpu-course"]
+    model = Transformer(course.model_config(course.vocab_size))
+    assert 2 * model.num_parameters() <= 20e6  # half precision, tied matrix stored once
+    with pytest.raises(ValueError, match="unknown preset 'gpu'"):
+        get_preset("gpu")
+    with pytest.raises(ValueError, match="max_tokens=10 must be at least max_len"):
+        _tiny(max_tokens=10)
+
+
+def test_replace_sends_train_fields_to_the_train_config():
+    preset = _tiny(max_steps=9, d_model=32)
+    assert preset.train.max_steps == 9 and preset.d_model == 32
+    assert preset.train.lr == _tiny().train.lr
+
+
+def test_prepare_data_shares_one_tokenizer_and_respects_the_token_budget(data_root):
+    preset = _tiny()
+    data = prepare_data(preset, data_root)
+    assert len(data.val_pairs) == 4
+    train = load_multi30k("train", data_root)[:120]
+    fits = [
+        len(data.tokenizer.encode(de)) <= 64 and len(data.tokenizer.encode(en)) <= 65
+        for de, en in train
+    ]
+    assert 100 < sum(fits) < 120  # a few long pairs are dropped at max_len=64
+    assert data.n_train_pairs == sum(fits) == sum(len(b) for b in data.train_batches)
+    for batch in data.train_batches:
+        assert batch.src.numel() <= preset.max_tokens and batch.tgt_in.numel() <= preset.max_tokens
+        assert bool((batch.tgt_in[:, 0] == data.tokenizer.bos_id).all())
+    german = data.tokenizer.encode("Ein Mann", add_special=False)
+    assert data.tokenizer.decode(german) == "Ein Mann"  # one vocabulary for both languages
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, data_root):
+    preset = _tiny()
+    straight = train_translation(preset, tmp_path / "a", data_root=data_root, progress=False)
+    part = train_translation(
+        preset, tmp_path / "b", data_root=data_root, progress=False, stop_after=3
+    )
+    assert part["steps"] == 3 and not part["finished"]
+    rest = train_translation(
+        preset, tmp_path / "b", data_root=data_root, progress=False, resume=True
+    )
+    assert rest["finished"] and rest["steps"] == straight["steps"] == 6
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")  # fmt: skip
+    for name, tensor in a.model_state.items():
+        assert torch.equal(tensor, b.model_state[name]), name
+    assert a.history["loss"] == b.history["loss"] and a.history["lr"] == b.history["lr"]
+    assert a.history["val_metrics"]["bleu"] == b.history["val_metrics"]["bleu"]
+    for name in ("tokenizer.json", "history.json", "curves.png", "run.json"):
+        assert (tmp_path / "b" / name).is_file(), name
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert history["step"] == list(range(1, 7)) and history["train_tokens"] > 0
+
+
+def test_export_keeps_ties_halves_the_size_and_reloads_with_weights_only(tmp_path, data_root):
+    train_translation(_tiny(max_steps=2), tmp_path, data_root=data_root, progress=False)
+    model = model_from_training_checkpoint(tmp_path / "checkpoint.pt")
+    path = export_model(model, tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["dtype"] == "float16"
+    weights = payload["state_dict"]
+    assert all(t.dtype == torch.float16 for t in weights.values() if t.is_floating_point())
+    tied = weights["lm_head.weight"].untyped_storage().data_ptr()
+    assert tied == weights["decoder.embed.embedding.weight"].untyped_storage().data_ptr()
+    loaded = load_model(path)
+    assert not loaded.training
+    src = torch.tensor([[1, 5, 6, 2]])
+    tgt = torch.tensor([[1, 7]])
+    rounded = Transformer(model.config).eval()  # the same rounding, applied independently
+    rounded.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    expected = rounded(src, tgt)
+    assert torch.allclose(loaded(src, tgt), expected, atol=1e-5)
+
+
+def test_shard_batch_splits_rows_between_processes():
+    src = torch.arange(10).reshape(5, 2)
+    batch = Seq2SeqBatch(src, src + 10, src + 20)
+    shards = [shard_batch(batch, r, 2) for r in range(2)]
+    assert shards[0].src.tolist() == [[0, 1], [4, 5], [8, 9]]
+    assert shards[1].tgt_out.tolist() == [[22, 23], [26, 27]]
+    with pytest.raises(ValueError, match="5 rows cannot be shared by 6 processes"):
+        shard_batch(batch, 0, 6)
+
+
+def test_corpus_bleu_is_cased_and_lowercased():
+    refs = ["A man rides a red bike down the road .", "Two dogs play in the snow ."]
+    assert corpus_bleu(refs, refs)["bleu"] == pytest.approx(100.0)
+    shouted = corpus_bleu([r.upper() for r in refs], refs)
+    assert shouted["bleu"] < 5 and shouted["bleu_lowercase"] == pytest.approx(100.0)
+    assert "case:mixed" in shouted["signature"] and "case:lc" in shouted["signature_lowercase"]
+    with pytest.raises(ValueError, match="got 1 hypotheses for 2 references"):
+        corpus_bleu(refs[:1], refs)
+
+
+def test_cli_train_parses_its_options():
+    args = build_parser().parse_args(
+        ["train", "--preset", "cpu-smoke", "--out", "runs/x", "--resume", "--max-minutes", "5"]
+    )
+    assert args.preset == "cpu-smoke" and args.resume and args.max_minutes == 5.0
+    assert args.func.__name__ == "_train"
+
+
+def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root):
+    spec = importlib.util.spec_from_file_location("gpu_run", REPO / "benchmarks" / "gpu_run.py")
+    gpu_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_run)
+    argv = ["--smoke", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "run")]
+    results = gpu_run.main([*argv, "--data-root", str(data_root)])
+    saved = json.loads((tmp_path / "results" / "gpu_base_smoke.json").read_text())
+    assert saved["steps"] == 4 and saved["test2016_greedy"]["sentences"] == 20
+    assert saved["test2016_greedy"]["signature"].startswith("nrefs:1|case:mixed")
+    assert saved["mfu"] is None and saved["target_tokens_per_second"] > 0  # no peak for a CPU
+    assert (saved["test2016_beam"] is None) == (saved["beam_note"] is not None)
+    assert results["git_commit"] and (tmp_path / "results" / "gpu_base_smoke_curves.png").is_file()
+    assert gpu_run.peak_flops("NVIDIA H100 80GB HBM3") == ("H100 SXM", 989e12)
+    assert gpu_run.peak_flops("NVIDIA H100 PCIe")[0] == "H100 PCIe"
+
+
+def test_export_course_checkpoint_scores_the_shipped_weights(tmp_path, data_root):
+    preset = _tiny(max_len=128, max_steps=2)
+    train_translation(preset, tmp_path / "run", data_root=data_root, progress=False)
+    dest = tmp_path / "course"
+    results = export_course_checkpoint(tmp_path / "run", dest, {"command": "x"}, root=data_root)
+    assert results["test2016_greedy"]["sentences"] == 1000
+    assert results["test2016_subset_greedy"]["sentences"] == SUBSET_SIZE
+    recipe = json.loads((dest / "recipe.json").read_text())
+    assert recipe["command"] == "x" and recipe["run"]["steps"] == 2
+    model, tokenizer = load_course_model(dest)
+    again = score_test2016(model, tokenizer, limit=SUBSET_SIZE, root=data_root, max_len=8)
+    assert again["bleu"] == pytest.approx(results["test2016_subset_greedy"]["bleu"])
+    with pytest.raises(FileNotFoundError, match="model.pt, tokenizer.json not found"):
+        load_course_model(tmp_path)

@@ -1,0 +1,211 @@
+"""The course's trained German-to-English model: export it, load it, score it on test2016.
+
+A trained run (``tfx_course.translation.train_translation``) leaves a full training checkpoint
+(weights, optimizer, schedule). The course ships only what translation needs, in
+``checkpoints/course/``:
+
+- ``model.pt``: the weights in half precision and the ``ModelConfig``, readable with
+  ``torch.load(weights_only=True)`` (a checkpoint cannot run code when loaded);
+- ``tokenizer.json``: the shared German-English subword tokenizer;
+- ``recipe.json``: how it was trained; ``results.json``: its sacreBLEU scores on test2016.
+
+Lessons load it with ``load_course_model()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tfx_course.data.multi30k import load_multi30k
+from tfx_course.data.subword import SubwordTokenizer
+from tfx_course.evaluation import corpus_bleu
+from tfx_course.model import ModelConfig, Transformer
+from tfx_course.training import load_checkpoint
+from tfx_course.translation import translate_sorted, write_json
+
+__all__ = [
+    "MODEL_FORMAT",
+    "COURSE_CHECKPOINT",
+    "course_checkpoint_dir",
+    "export_model",
+    "load_model",
+    "load_course_model",
+    "model_from_training_checkpoint",
+    "beam_available",
+    "translate_texts",
+    "score_test2016",
+    "SUBSET_SIZE",
+    "export_course_checkpoint",
+]
+
+MODEL_FORMAT = "tfx_course.model/1"
+# The repository's copy; $TFX_COURSE_CHECKPOINT points elsewhere (e.g. an installed package).
+COURSE_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "course"
+
+
+def course_checkpoint_dir() -> Path:
+    """Return the folder of the shipped course model (``$TFX_COURSE_CHECKPOINT`` if set)."""
+    env = os.environ.get("TFX_COURSE_CHECKPOINT")
+    return Path(env).expanduser() if env else COURSE_CHECKPOINT
+
+
+def export_model(
+    model: Transformer, path: str | os.PathLike, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Write ``model``'s config and weights (cast to ``dtype``) for ``load_model``.
+
+    Tied weights stay shared, so they are stored once.
+    """
+    if not dataclasses.is_dataclass(getattr(model, "config", None)):
+        raise ValueError("export_model needs a model with a dataclass .config (a Transformer)")
+    weights = copy.deepcopy(model).to(dtype).state_dict()  # casting the module keeps ties
+    payload = {
+        "format": MODEL_FORMAT,
+        "model_config": dataclasses.asdict(model.config),
+        "dtype": str(dtype).removeprefix("torch."),
+        "state_dict": weights,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
+    """Read a model written by ``export_model`` (weights_only=True), in float32 eval mode."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a model file written by export_model ({MODEL_FORMAT})")
+    model = Transformer(ModelConfig(**payload["model_config"]))
+    model.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
+    return model.to(device).eval()
+
+
+def load_course_model(
+    folder: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> tuple[Transformer, SubwordTokenizer]:
+    """Return the shipped course model (eval mode) and its tokenizer.
+
+    ``folder`` defaults to ``course_checkpoint_dir()`` (``checkpoints/course`` in the repository).
+    """
+    folder = Path(folder) if folder is not None else course_checkpoint_dir()
+    missing = [n for n in ("model.pt", "tokenizer.json") if not (folder / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{', '.join(missing)} not found in {folder}; the course model ships in the "
+            "repository's checkpoints/course/ (set TFX_COURSE_CHECKPOINT to another folder)"
+        )
+    return load_model(folder / "model.pt", device), SubwordTokenizer.load(folder / "tokenizer.json")
+
+
+def model_from_training_checkpoint(path: str | os.PathLike) -> Transformer:
+    """Rebuild the model saved in a ``fit`` checkpoint (float32, eval mode)."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.model_config is None:
+        raise ValueError(f"{path} holds no model config; it was not saved from a Transformer")
+    model = Transformer(ModelConfig(**checkpoint.model_config))
+    model.load_state_dict(checkpoint.model_state)
+    return model.eval()
+
+
+def beam_available() -> bool:
+    """Return whether ``tfx_course.decoding`` offers beam search yet."""
+    from tfx_course import decoding
+
+    return "beam_size" in inspect.signature(decoding.translate).parameters
+
+
+def translate_texts(
+    model: nn.Module,
+    texts: Sequence[str],
+    tokenizer: SubwordTokenizer,
+    beam_size: int | None = None,
+    max_len: int = 80,
+    batch_size: int = 100,
+) -> list[str]:
+    """Translate greedily (``beam_size=None``) or with ``decoding.translate``'s beam search."""
+    if beam_size is None:
+        return translate_sorted(model, texts, tokenizer, max_len, batch_size)
+    if not beam_available():
+        raise NotImplementedError("tfx_course.decoding.translate has no beam_size yet")
+    from tfx_course import decoding
+
+    return decoding.translate(
+        model, list(texts), tokenizer, tokenizer, max_len=max_len, beam_size=beam_size
+    )
+
+
+def score_test2016(
+    model: nn.Module,
+    tokenizer: SubwordTokenizer,
+    *,
+    limit: int | None = None,
+    beam_size: int | None = None,
+    root: str | os.PathLike | None = None,
+    max_len: int = 80,
+    batch_size: int = 100,
+) -> dict[str, Any]:
+    """Translate test2016 (its first ``limit`` sentences if given) and return sacreBLEU scores.
+
+    Adds ``decoder`` ("greedy" or "beam k") and ``sentences`` to ``corpus_bleu``'s keys.
+    """
+    pairs = load_multi30k("test2016", root)
+    if limit is not None:
+        pairs = pairs[:limit]
+    hypotheses = translate_texts(
+        model, [de for de, _ in pairs], tokenizer, beam_size, max_len, batch_size
+    )
+    scores = corpus_bleu(hypotheses, [en for _, en in pairs])
+    scores["decoder"] = "greedy" if beam_size is None else f"beam {beam_size}"
+    scores["sentences"] = len(pairs)
+    return scores
+
+
+SUBSET_SIZE = 100  # test2016 sentences the checkpoint test re-scores (first n, in file order)
+
+
+def export_course_checkpoint(
+    run_dir: str | os.PathLike,
+    dest: str | os.PathLike,
+    recipe: dict[str, Any],
+    root: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Turn a finished training folder into the shipped checkpoint folder ``dest``.
+
+    Writes ``model.pt`` (float16), ``tokenizer.json``, ``recipe.json`` (``recipe`` plus the
+    run's summary), ``results.json`` (greedy sacreBLEU on all of test2016 and on its first
+    ``SUBSET_SIZE`` sentences, both scored from the float16 weights as shipped),
+    ``curves.png`` and ``history.json``. Returns the results.
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    export_model(model_from_training_checkpoint(run_dir / "checkpoint.pt"), dest / "model.pt")
+    for name in ("tokenizer.json", "curves.png", "history.json"):
+        shutil.copyfile(run_dir / name, dest / name)
+    model, tokenizer = load_course_model(dest)
+    run = json.loads((run_dir / "run.json").read_text())
+    decode_max_len = run["preset"]["decode_max_len"]
+    results = {
+        "test2016_greedy": score_test2016(model, tokenizer, root=root, max_len=decode_max_len),
+        "test2016_subset_greedy": score_test2016(
+            model, tokenizer, limit=SUBSET_SIZE, root=root, max_len=decode_max_len
+        ),
+        "test2016_beam": None,  # added once beam search exists
+        "weights": "float16 model.pt, run in float32",
+        "decode_max_len": decode_max_len,
+    }
+    write_json(dest / "recipe.json", {**recipe, "run": run})
+    write_json(dest / "results.json", results)
+    return results

@@ -234,3 +234,36 @@ def test_plot_positional_encoding_rejects_bad_input():
         viz.plot_positional_encoding(torch.zeros(2, 3, 4))
     with pytest.raises(TypeError, match="torch.Tensor or a numpy array"):
         viz.plot_positional_encoding([[0.0, 1.0]])
+
+
+def test_plot_padding_splits_each_bar_into_real_tokens_and_padding():
+    from tfx_course.data.bucketing import PaddingStats
+
+    stats = {"random": PaddingStats(3, 40, 100), "bucketed": PaddingStats(2, 45, 50)}
+    ax = viz.plot_padding(stats, title="padding")
+    assert (ax.get_title(), ax.get_xlabel()) == ("padding", "token slots in the padded batches")
+    real, padding = ax.containers
+    assert (real.get_label(), padding.get_label()) == ("real tokens", "padding")
+    np.testing.assert_allclose([b.get_width() for b in real], [40, 45])
+    np.testing.assert_allclose([b.get_width() for b in padding], [60, 5])
+    np.testing.assert_allclose([b.get_x() for b in padding], [40, 45])  # padding follows real
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["random", "bucketed"]
+    assert ax.yaxis_inverted()  # the first entry is drawn on top
+    assert [t.get_text() for t in ax.texts] == [" 40% real", " 90% real"]
+    assert ax.get_xlim()[1] >= 100  # the longest bar fits
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["real tokens", "padding"]
+
+
+def test_plot_padding_accepts_any_counts_and_rejects_bad_input():
+    from types import SimpleNamespace
+
+    _, ax = plt.subplots()
+    empty = SimpleNamespace(real_tokens=0, padded_tokens=0)
+    assert viz.plot_padding({"none": empty}, ax=ax) is ax
+    assert [t.get_text() for t in ax.texts] == [" 100% real"]
+    with pytest.raises(ValueError, match="stats is empty"):
+        viz.plot_padding({})
+    with pytest.raises(TypeError, match=r"stats\['a'\] has no real_tokens.*padding_stats"):
+        viz.plot_padding({"a": (3, 4)})
+    with pytest.raises(ValueError, match=r"stats\['b'\] counts 5 real tokens in 4 padded slots"):
+        viz.plot_padding({"b": SimpleNamespace(real_tokens=5, padded_tokens=4)})

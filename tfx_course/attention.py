@@ -216,6 +216,37 @@ class MultiHeadAttention(nn.Module):
             x, weights = _fused_attention(q, k, v, mask, p), None  # (B, H, T, D)
         return self.out_proj(merge_heads(x)), weights  # (B, T, C)
 
+    def project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Project and split the keys and values, the part of ``forward`` a KV cache keeps.
+
+        Shapes: key and value (B, S, C) -> k and v (B, H, S, D).
+        """
+        k = split_heads(self.k_proj(key), self.n_heads)  # (B, H, S, D)
+        v = split_heads(self.v_proj(value), self.n_heads)  # (B, H, S, D)
+        return k, v
+
+    def attend(
+        self,
+        query: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None = None,
+        need_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` to keys and values already made by ``project_kv``.
+
+        Shapes: query (B, T, C), k and v (B, H, S, D), mask broadcastable to (B, H, T, S)
+        -> out (B, T, C) and weights (B, H, T, S) or None. ``forward(query, key, value)``
+        equals ``attend(query, *project_kv(key, value))``.
+        """
+        q = split_heads(self.q_proj(query), self.n_heads)  # (B, H, T, D)
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            x, weights = scaled_dot_product_attention(q, k, v, mask, p)  # (B, H, T, D)
+        else:
+            x, weights = _fused_attention(q, k, v, mask, p), None  # (B, H, T, D)
+        return self.out_proj(merge_heads(x)), weights  # (B, T, C)
+
 
 def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float) -> Tensor:
     """Run ``F.scaled_dot_product_attention`` with the same masking as the explicit path."""

@@ -6,13 +6,16 @@ V vocabulary size. Everything is batch-first; masks are boolean with True = may 
 Both layers take ``norm_first`` (True: Pre-LN, ``x + f(norm(x))``; False: Post-LN,
 ``norm(x + f(x))``, the original paper and PyTorch's default) and ``residual`` (False drops
 the skip connections, for the ablation and gradient-flow experiments). Attention weights
-are returned by ``forward_with_weights``, never stored on the module.
+are returned by ``forward_with_weights``, never stored on the module; the same goes for the
+keys and values of cached decoding (``KVCache``, returned by ``DecoderLayer.step``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,7 @@ __all__ = [
     "FeedForward",
     "EncoderLayer",
     "DecoderLayer",
+    "KVCache",
 ]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
@@ -108,16 +112,18 @@ class _PositionalEncoding(nn.Module):
         self.d_model, self.max_len = d_model, max_len
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """Add the encodings of positions offset..offset+T-1 (offset > 0 for cached decoding)."""
         B, T, C = x.shape
-        if T > self.max_len:
+        if offset + T > self.max_len:
+            where = f"sequence length {T}" if offset == 0 else f"position {offset + T - 1}"
             raise ValueError(
-                f"sequence length {T} exceeds max_len={self.max_len}; build the model with a "
+                f"{where} exceeds max_len={self.max_len}; build the model with a "
                 "larger max_len or truncate the inputs"
             )
         if C != self.d_model:
             raise ValueError(f"expected (B, T, d_model={self.d_model}), got {_shape(x)}")
-        return self.dropout(x + self.pe[:T])  # (B, T, C)
+        return self.dropout(x + self.pe[offset : offset + T])  # (B, T, C)
 
 
 class SinusoidalPositionalEncoding(_PositionalEncoding):
@@ -266,6 +272,45 @@ class EncoderLayer(_ResidualLayer):
         return self._add_and_norm(x, h, self.norm2), weights  # (B, S, C)
 
 
+@dataclass(frozen=True)
+class KVCache:
+    """The keys and values one ``DecoderLayer`` has computed so far, for incremental decoding.
+
+    Shapes: self_k, self_v (B, H, t, D) for the t target positions decoded so far;
+    cross_k, cross_v (B, H, S, D) projected from the memory once.
+
+    Immutable: ``DecoderLayer.step`` returns a new cache, so nothing is stored on the module.
+    """
+
+    self_k: Tensor
+    self_v: Tensor
+    cross_k: Tensor
+    cross_v: Tensor
+
+    @property
+    def length(self) -> int:
+        """Target positions cached so far (t)."""
+        return self.self_k.shape[2]
+
+    def reorder(self, index: Tensor, memory: bool = True) -> KVCache:
+        """Return the cache of the sequences ``index`` picks (row i of the result is row index[i]).
+
+        ``memory=False`` leaves the memory's keys and values alone: correct when ``index``
+        only moves rows between copies of the same source sentence, as beam search does,
+        and it saves copying them at every step.
+        """
+        if not memory and index.shape[0] != self.cross_k.shape[0]:
+            raise ValueError(
+                f"memory=False keeps the memory's {self.cross_k.shape[0]} rows, so index must "
+                f"pick as many sequences, got {index.shape[0]}; pass memory=True"
+            )
+        self_k, self_v = self.self_k.index_select(0, index), self.self_v.index_select(0, index)
+        if not memory:
+            return dataclasses.replace(self, self_k=self_k, self_v=self_v)
+        cross_k, cross_v = self.cross_k.index_select(0, index), self.cross_v.index_select(0, index)
+        return KVCache(self_k, self_v, cross_k, cross_v)
+
+
 class DecoderLayer(_ResidualLayer):
     """Masked self-attention, cross-attention over the encoder's memory, then a feed-forward network.
 
@@ -333,3 +378,40 @@ class DecoderLayer(_ResidualLayer):
         x = self._add_and_norm(x, h, self.norm2)  # (B, T, C)
         h = self.ff(self._pre_norm(x, self.norm3))
         return self._add_and_norm(x, h, self.norm3), self_weights, cross_weights  # (B, T, C)
+
+    def start_cache(self, memory: Tensor) -> KVCache:
+        """Project the memory's keys and values once and return a cache with no target positions.
+
+        Shapes: memory (B, S, C) -> cross_k, cross_v (B, H, S, D); self_k, self_v (B, H, 0, D).
+        """
+        cross_k, cross_v = self.cross_attn.project_kv(memory, memory)  # (B, H, S, D)
+        B, H, S, D = cross_k.shape
+        empty = cross_k.new_zeros(B, H, 0, D)  # (B, H, 0, D)
+        return KVCache(empty, empty, cross_k, cross_v)
+
+    def step(
+        self,
+        x: Tensor,
+        cache: KVCache,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        """Run the layer on the new target positions only, reusing the cached keys and values.
+
+        Shapes: x (B, T, C) holds only the T new positions (usually T = 1); self_mask
+        broadcastable to (B, H, T, t + T) over the cached and new positions; memory_mask
+        broadcastable to (B, H, T, S) -> (B, T, C) and the cache grown to t + T positions.
+        Equals the last T positions of ``forward`` on the whole prefix.
+        """
+        need_weights = not self.fused_attention
+        h = self._pre_norm(x, self.norm1)
+        k, v = self.self_attn.project_kv(h, h)  # (B, H, T, D): the new positions only
+        k = torch.cat([cache.self_k, k], dim=2)  # (B, H, t + T, D)
+        v = torch.cat([cache.self_v, v], dim=2)  # (B, H, t + T, D)
+        h, _ = self.self_attn.attend(h, k, v, self_mask, need_weights)  # (B, T, C)
+        x = self._add_and_norm(x, h, self.norm1)
+        h = self._pre_norm(x, self.norm2)
+        h, _ = self.cross_attn.attend(h, cache.cross_k, cache.cross_v, memory_mask, need_weights)
+        x = self._add_and_norm(x, h, self.norm2)  # (B, T, C)
+        h = self.ff(self._pre_norm(x, self.norm3))
+        return self._add_and_norm(x, h, self.norm3), dataclasses.replace(cache, self_k=k, self_v=v)

@@ -21,6 +21,7 @@ from tfx_course.attention import causal_mask, padding_mask
 from tfx_course.layers import (
     DecoderLayer,
     EncoderLayer,
+    KVCache,
     LayerNorm,
     LearnedPositionalEncoding,
     SinusoidalPositionalEncoding,
@@ -35,6 +36,7 @@ __all__ = [
     "Encoder",
     "Decoder",
     "Transformer",
+    "DecoderCache",
 ]
 
 POSITIONAL_KINDS = ("sinusoidal", "learned", "none")
@@ -260,6 +262,34 @@ class Decoder(nn.Module):
             cross_weights.append(layer_cross)
         return self.norm(x), self_weights, cross_weights
 
+    def start_cache(self, memory: Tensor) -> tuple[KVCache, ...]:
+        """Return one empty ``KVCache`` per layer, holding the memory's keys and values."""
+        return tuple(layer.start_cache(memory) for layer in self.layers)
+
+    def step(
+        self,
+        tgt: Tensor,
+        caches: tuple[KVCache, ...],
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[KVCache, ...]]:
+        """Run the decoder on new target tokens only, reusing each layer's cached keys and values.
+
+        Shapes: tgt (B, T) the new tokens, at positions t..t+T-1 after the t cached ones;
+        self_mask broadcastable to (B, H, T, t + T); memory_mask to (B, H, T, S)
+        -> hidden states (B, T, C) and the grown caches.
+        """
+        x = self.embed(tgt)  # (B, T, C)
+        if isinstance(self.positional, nn.Dropout):  # positional="none"
+            x = self.positional(x)
+        else:
+            x = self.positional(x, offset=caches[0].length)  # (B, T, C)
+        grown = []
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x, cache = layer.step(x, cache, self_mask, memory_mask)
+            grown.append(cache)
+        return self.norm(x), tuple(grown)  # (B, T, C)
+
 
 class Transformer(nn.Module):
     """The encoder-decoder Transformer: source and target tokens in, next-token logits out.
@@ -320,6 +350,39 @@ class Transformer(nn.Module):
         x = self.decoder(tgt, memory, target_mask(tgt, pad_id), source_mask(src, pad_id))
         return self.lm_head(x)  # (B, T, V)
 
+    def start_cache(self, memory: Tensor, src: Tensor) -> DecoderCache:
+        """Prepare cached decoding: project the memory's keys and values once per layer.
+
+        Shapes: memory (B, S, C) from ``encode(src)``, src (B, S) -> a cache with no target
+        positions; feed it to ``decode_step`` with the first target tokens (usually BOS).
+        """
+        _check_tokens("src", src)
+        if memory.shape[:2] != src.shape:
+            raise ValueError(
+                f"memory {tuple(memory.shape)} does not match src {tuple(src.shape)}: pass the "
+                "same src that produced the memory with encode(src)"
+            )
+        keep = src.new_zeros(src.shape[0], 0, dtype=torch.bool)  # (B, 0): no target yet
+        memory_mask = source_mask(src, self.config.pad_id)  # (B, 1, 1, S)
+        return DecoderCache(self.decoder.start_cache(memory), memory_mask, keep)
+
+    def decode_step(self, tgt: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
+        """Decode only the new target tokens, reusing the cache; return their logits and the new cache.
+
+        Shapes: tgt (B, T) new tokens (usually T = 1: the token chosen at the last step)
+        -> logits (B, T, V), equal to the last T positions of ``decode`` on the whole prefix.
+        """
+        _check_tokens("tgt", tgt)
+        B, T = tgt.shape
+        if B != cache.keep.shape[0]:
+            raise ValueError(f"tgt holds {B} sequences but the cache {cache.keep.shape[0]}")
+        keep = torch.cat([cache.keep, tgt != self.config.pad_id], dim=1)  # (B, t + T)
+        total = keep.shape[1]
+        causal = causal_mask(total, device=tgt.device)[total - T :]  # (T, t + T): rows of the new
+        self_mask = causal  # (B, 1, T, t + T)
+        x, layers = self.decoder.step(tgt, cache.layers, self_mask, cache.memory_mask)
+        return self.lm_head(x), DecoderCache(layers, cache.memory_mask, keep)  # (B, T, V)
+
     @torch.no_grad()
     def attention_maps(self, src: Tensor, tgt: Tensor) -> dict[str, list[Tensor]]:
         """Return every layer's attention weights, computed in eval mode without gradients.
@@ -354,3 +417,32 @@ class Transformer(nn.Module):
                 f"src and tgt must hold the same number of sequences, got {src.shape[0]} and "
                 f"{tgt.shape[0]}"
             )
+
+
+@dataclass(frozen=True)
+class DecoderCache:
+    """What cached decoding keeps between steps: each decoder layer's ``KVCache`` and the masks' inputs.
+
+    Shapes: layers, one ``KVCache`` per decoder layer; memory_mask (B, 1, 1, S) hides padded
+    source tokens; keep (B, t) is True for the real (not padding) target tokens so far.
+    Made by ``Transformer.start_cache``, grown by ``Transformer.decode_step`` (which returns
+    a new cache: nothing is stored on the model).
+    """
+
+    layers: tuple[KVCache, ...]
+    memory_mask: Tensor
+    keep: Tensor
+
+    @property
+    def length(self) -> int:
+        """Target positions cached so far (t)."""
+        return self.keep.shape[1]
+
+    def reorder(self, index: Tensor, memory: bool = True) -> DecoderCache:
+        """Return the cache of the sequences ``index`` picks (see ``KVCache.reorder``).
+
+        Shapes: index (B',) long -> a cache of B' sequences.
+        """
+        layers = tuple(cache.reorder(index, memory) for cache in self.layers)
+        memory_mask = self.memory_mask.index_select(0, index) if memory else self.memory_mask
+        return DecoderCache(layers, memory_mask, self.keep.index_select(0, index))

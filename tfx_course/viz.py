@@ -26,6 +26,7 @@ __all__ = [
     "plot_position_changes",
     "plot_history",
     "plot_positional_encoding",
+    "plot_padding",
 ]
 
 # Light grey for blocked positions, blue for allowed ones.
@@ -387,4 +388,60 @@ def plot_positional_encoding(
     ax.set_ylabel("position")
     if colorbar:
         ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+PADDING_COLOUR = "#c8c8c8"  # grey like a blocked mask cell, a little darker to show on white
+
+
+def plot_padding(
+    stats: Mapping[str, object],
+    ax: Axes | None = None,
+    title: str = "real tokens and padding",
+) -> Axes:
+    """Draw one bar per batching strategy: its padded slots, split into real tokens and padding.
+
+    Shapes:
+        each value of stats: counts ``real_tokens`` and ``padded_tokens`` over all batches,
+        e.g. the ``PaddingStats`` that ``tfx.data.padding_stats`` returns.
+
+    Bars run from top to bottom in the order of ``stats``, each labelled with its efficiency
+    (real tokens / padded slots). Real tokens are blue and padding grey, as in ``plot_mask``.
+    """
+    if not stats:
+        raise ValueError(
+            "stats is empty: pass a dict like {'bucketed': tfx.data.padding_stats(pairs, batches)}"
+        )
+    names, real, padded = [], [], []
+    for name, counts in stats.items():
+        n_real = getattr(counts, "real_tokens", None)
+        n_padded = getattr(counts, "padded_tokens", None)
+        if n_real is None or n_padded is None:
+            raise TypeError(
+                f"stats[{name!r}] has no real_tokens and padded_tokens: pass what "
+                "tfx.data.padding_stats returns"
+            )
+        if not 0 <= n_real <= n_padded:
+            raise ValueError(
+                f"stats[{name!r}] counts {n_real} real tokens in {n_padded} padded slots; "
+                "real tokens must be between 0 and the number of padded slots"
+            )
+        names.append(str(name))
+        real.append(float(n_real))
+        padded.append(float(n_padded))
+    real_arr, padded_arr = np.array(real), np.array(padded)
+    rows = np.arange(len(names))
+    ax = _new_axes(ax, (6.0, 1.2 + 0.5 * len(names)))
+    ax.barh(rows, real_arr, color=MASK_COLOURS(1.0), label="real tokens")
+    ax.barh(rows, padded_arr - real_arr, left=real_arr, color=PADDING_COLOUR, label="padding")
+    for row, (n_real, n_padded) in enumerate(zip(real_arr, padded_arr, strict=True)):
+        efficiency = n_real / n_padded if n_padded else 1.0
+        ax.text(n_padded, row, f" {efficiency:.0%} real", va="center", fontsize=9)
+    ax.set_yticks(rows, names)
+    ax.invert_yaxis()  # the first strategy on top
+    ax.set_xlim(0, 1.2 * max(float(padded_arr.max()), 1.0))  # room for the labels
+    ax.set_title(title)
+    ax.set_xlabel("token slots in the padded batches")
+    ax.set_ylabel("batching")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return ax

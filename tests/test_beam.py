@@ -89,6 +89,16 @@ def test_length_penalty_decides_between_a_short_and_a_long_output():
     assert scores == pytest.approx(expected, abs=1e-5)
 
 
+def test_search_goes_on_while_a_longer_output_can_still_win():
+    # After one step the finished EOS (0.52) beats A (0.48) even with A's penalty now, but
+    # A A A EOS keeps almost all of A's probability and its penalty grows: it wins at alpha 1.
+    table = {(): {EOS_ID: 0.52, A: 0.48}, (A,): {A: 0.99, EOS_ID: 0.01},
+             (A, A): {A: 0.99, EOS_ID: 0.01}, (A, A, A): {EOS_ID: 0.99, A: 0.01}}  # fmt: skip
+    model, src = PrefixScripted(_table(table)), torch.ones(1, 2, dtype=torch.long)
+    assert beam_search(model, src, 2, length_penalty=0.0)[0].tolist() == [EOS_ID]
+    assert beam_search(model, src, 2, length_penalty=1.0)[0].tolist() == [A, A, A, EOS_ID]
+
+
 def _random_probs(sentence: int, prefix: tuple[int, ...]) -> dict[int, float]:
     """Seeded random next-token probabilities over A, B and EOS, different for every prefix."""
     seed = zlib.crc32(repr((sentence, prefix)).encode())

@@ -251,6 +251,7 @@ def test_plot_padding_splits_each_bar_into_real_tokens_and_padding():
     assert ax.yaxis_inverted()  # the first entry is drawn on top
     assert [t.get_text() for t in ax.texts] == [" 40% real", " 90% real"]
     assert ax.get_xlim()[1] >= 100  # the longest bar fits
+    assert ax.xaxis.get_major_formatter()(2_000_000, 0) == "2 M"  # no "1e6" offset label
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["real tokens", "padding"]
 
 

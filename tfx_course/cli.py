@@ -101,6 +101,49 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
 
+def _translate(args: argparse.Namespace) -> int:
+    from tfx_course.decoding import translate
+    from tfx_course.pretrained import course_checkpoint_dir, load_course_model
+
+    folder = args.checkpoint if args.checkpoint is not None else course_checkpoint_dir()
+    try:
+        model, tokenizer = load_course_model(folder, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        print("error: give sentences as arguments, or one per line on stdin", file=sys.stderr)
+        return 2
+    max_len = min(args.max_len, model.config.max_len)
+    try:
+        outputs = translate(model, texts, tokenizer, tokenizer, max_len=max_len,
+                            beam_size=args.beam, length_penalty=args.length_penalty)  # fmt: skip
+    except ValueError as err:  # e.g. a sentence longer than the model's max_len
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for text in outputs:
+        print(text)
+    return 0
+
+
+def _add_translate_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "translate",
+        help="translate German sentences to English with the course model (or another checkpoint)",
+    )
+    p.add_argument("texts", nargs="*", help="sentences to translate (default: lines of stdin)")
+    p.add_argument("--checkpoint", default=None,
+                   help="folder holding model.pt and tokenizer.json (default: the course model)")  # fmt: skip
+    p.add_argument("--beam", type=int, default=None, metavar="N",
+                   help="beam search with N beams (default: greedy decoding)")  # fmt: skip
+    p.add_argument("--length-penalty", type=float, default=0.6,
+                   help="GNMT length penalty exponent for beam search (0: none)")  # fmt: skip
+    p.add_argument("--max-len", type=int, default=80, help="generate at most this many subwords")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    p.set_defaults(func=_translate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfx-course", description="Helpers for the tfx_course Transformer course."
@@ -111,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_doctor)
     _add_data_commands(sub)
     _add_train_command(sub)
+    _add_translate_command(sub)
     from tfx_course.grade_cli import add_commands as add_grade_commands
 
     add_grade_commands(sub)

@@ -17,7 +17,8 @@ short outputs; larger alpha favours longer ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -98,17 +99,15 @@ class _Stepper:
             self.cache = self.cache.reorder(index, memory=False)
 
 
-class _EvalMode:
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Put a model in eval mode for a ``with`` block, then restore its mode."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -135,7 +134,7 @@ def greedy_decode(
     _check_src(src)
     max_len = _decode_length(model, max_len)
     pad_id = _model_setting(model, "pad_id", pad_id)
-    with _EvalMode(model):
+    with _eval_mode(model):
         stepper = _Stepper(model, src.to(next(model.parameters()).device), use_cache)
         tokens = _greedy_loop(stepper, bos_id, eos_id, max_len, pad_id)
     return tokens[:, 1:]  # (B, L): drop BOS
@@ -192,19 +191,11 @@ def beam_search(
         raise ValueError(f"length_penalty={length_penalty} must be >= 0 (0: no penalty)")
     max_len = _decode_length(model, max_len)
     pad_id = _model_setting(model, "pad_id", pad_id)
-    with _EvalMode(model):
+    with _eval_mode(model):
         stepper = _Stepper(model, src.to(next(model.parameters()).device), use_cache)
         stepper.repeat_rows(beam_size)
-        beams = _Beams(
-            src.shape[0],
-            beam_size,
-            length_penalty,
-            max_len,
-            bos_id,
-            eos_id,
-            pad_id,
-            stepper.src.device,
-        )
+        ids = (bos_id, eos_id, pad_id)
+        beams = _Beams(src.shape[0], beam_size, length_penalty, max_len, ids, stepper.src.device)
         for _ in range(max_len):
             index = beams.advance(stepper.next_logits(beams.tokens))
             if beams.all_done():
@@ -226,13 +217,11 @@ class _Beams:
         K: int,
         alpha: float,
         max_len: int,
-        bos_id: int,
-        eos_id: int,
-        pad_id: int,
+        ids: tuple[int, int, int],
         device: torch.device,
     ) -> None:
         self.B, self.K, self.alpha, self.max_len = B, K, alpha, max_len
-        self.eos_id, self.pad_id = eos_id, pad_id
+        bos_id, self.eos_id, self.pad_id = ids  # BOS, EOS and padding
         self.tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)
         self.scores = torch.full((B, K), float("-inf"), device=device)  # (B, K) log p so far
         self.scores[:, 0] = 0.0  # one live copy per sentence at first, so beams do not repeat
@@ -304,7 +293,7 @@ def score_sequences(
     """
     _check_src(src)
     B, L = tokens.shape
-    with _EvalMode(model):
+    with _eval_mode(model):
         bos = torch.full((B, 1), bos_id, dtype=torch.long, device=tokens.device)
         logits = model(src, torch.cat([bos, tokens], dim=1)[:, :-1])  # (B, L, V)
     log_probs = logits.float().log_softmax(dim=-1).gather(2, tokens[..., None])[..., 0]  # (B, L)

@@ -2,23 +2,64 @@
 
 BLEU compares n-grams (n = 1..4) of each output with its reference, over the whole corpus at
 once. sacreBLEU fixes the tokenization (``13a``) and prints a signature that names every
-setting, so two numbers are comparable only when their signatures match.
+setting, so two numbers are comparable only when their signatures match. The protocol here:
+detokenized, cased model output against the raw references, default settings; lower-cased
+BLEU is reported beside it for comparison with older tutorials that lower-case everything.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["corpus_bleu"]
+from torch import nn
+from tqdm import tqdm
+
+from tfx_course.data.batching import pad_sequences
+from tfx_course.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
+from tfx_course.decoding import beam_search, greedy_decode
+
+__all__ = [
+    "BleuResult",
+    "score_bleu",
+    "corpus_bleu",
+    "TranslationEvaluation",
+    "evaluate_translation",
+]
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """Return cased and lower-cased corpus BLEU of ``hypotheses`` against one reference each.
+@dataclass(frozen=True)
+class BleuResult:
+    """Corpus BLEU as sacreBLEU computes it: cased (the number to report) and lower-cased."""
 
-    Keys: ``bleu`` (cased, the number to report), ``signature`` (its sacreBLEU signature),
-    ``bleu_lowercase`` and ``signature_lowercase``, ``n`` (sentences scored).
-    """
+    score: float  # cased BLEU, 0-100
+    lowercase_score: float  # the same after lower-casing outputs and references
+    signature: str  # e.g. "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+    lowercase_signature: str
+    precisions: tuple[float, ...]  # cased 1- to 4-gram precisions, in percent
+    brevity_penalty: float  # below 1 when the outputs are shorter than the references
+    hypothesis_length: int  # tokens in all outputs (after 13a tokenization)
+    reference_length: int
+    n_sentences: int
+
+    def __str__(self) -> str:
+        return f"BLEU {self.score:.2f} (lower-cased {self.lowercase_score:.2f})  {self.signature}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the keys of ``corpus_bleu``: bleu, signature, bleu_lowercase, signature_lowercase, n."""
+        return {
+            "bleu": self.score,
+            "signature": self.signature,
+            "bleu_lowercase": self.lowercase_score,
+            "signature_lowercase": self.lowercase_signature,
+            "n": self.n_sentences,
+        }
+
+
+def score_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuResult:
+    """Return sacreBLEU's corpus BLEU of ``hypotheses`` against one reference each, cased and lower-cased."""
     if isinstance(hypotheses, str) or isinstance(references, str):
         raise TypeError("corpus_bleu expects lists of sentences, not one string")
     if len(hypotheses) != len(references):
@@ -30,10 +71,85 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[st
     hyps, refs = list(hypotheses), [list(references)]
     cased, lower = BLEU(), BLEU(lowercase=True)
     score, score_lower = cased.corpus_score(hyps, refs), lower.corpus_score(hyps, refs)
-    return {
-        "bleu": score.score,
-        "signature": str(cased.get_signature()),
-        "bleu_lowercase": score_lower.score,
-        "signature_lowercase": str(lower.get_signature()),
-        "n": len(hyps),
-    }
+    return BleuResult(
+        score=score.score,
+        lowercase_score=score_lower.score,
+        signature=str(cased.get_signature()),
+        lowercase_signature=str(lower.get_signature()),
+        precisions=tuple(score.precisions),
+        brevity_penalty=score.bp,
+        hypothesis_length=score.sys_len,
+        reference_length=score.ref_len,
+        n_sentences=len(hyps),
+    )
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Return cased and lower-cased corpus BLEU of ``hypotheses`` against one reference each.
+
+    Keys: ``bleu`` (cased, the number to report), ``signature`` (its sacreBLEU signature),
+    ``bleu_lowercase`` and ``signature_lowercase``, ``n`` (sentences scored). The same
+    numbers as ``score_bleu``, as a json-ready dict.
+    """
+    return score_bleu(hypotheses, references).to_dict()
+
+
+@dataclass(frozen=True)
+class TranslationEvaluation:
+    """What ``evaluate_translation`` measured, with every output for error analysis."""
+
+    bleu: BleuResult
+    method: str  # "greedy" or "beam 4"
+    sources: list[str]
+    references: list[str]
+    hypotheses: list[str]  # in the order of the pairs
+    seconds: float  # wall-clock decoding time (varies between machines and runs)
+
+
+def evaluate_translation(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    method: str = "greedy",
+    beam_size: int = 4,
+    length_penalty: float = 0.6,
+    batch_size: int = 64,
+    max_len: int | None = None,
+    progress: bool = False,
+    tgt_tokenizer: Tokenizer | None = None,
+) -> TranslationEvaluation:
+    """Translate the source side of ``pairs`` and score it with sacreBLEU against the target side.
+
+    ``method`` is "greedy" or "beam" (``beam_size`` beams, GNMT ``length_penalty``); both use
+    the KV cache. Sentences are batched by length (less padding) and returned in input order.
+    ``tgt_tokenizer`` defaults to ``tokenizer`` (one shared vocabulary); ``max_len`` caps the
+    generated tokens (default: the model's ``config.max_len``).
+    """
+    if method not in ("greedy", "beam"):
+        raise ValueError(f'method must be "greedy" or "beam", got {method!r}')
+    if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str):
+        raise TypeError("pairs must be a list of (source, reference) pairs; wrap one as [pair]")
+    tgt_tokenizer = tgt_tokenizer or tokenizer
+    sources, references = [src for src, _ in pairs], [ref for _, ref in pairs]
+    ids = [tokenizer.encode(text, add_special=True) for text in sources]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad_id = int(model.config.pad_id)
+    bos_id = getattr(tgt_tokenizer, "bos_id", BOS_ID)  # the course's tokenizers all use 1 and 2
+    eos_id = getattr(tgt_tokenizer, "eos_id", EOS_ID)
+    hypotheses = [""] * len(ids)
+    start = time.perf_counter()
+    with tqdm(total=len(ids), desc=method, unit="sentence", disable=not progress) as bar:
+        for first in range(0, len(order), batch_size):
+            rows = order[first : first + batch_size]
+            src = pad_sequences([ids[i] for i in rows], pad_id)
+            if method == "greedy":
+                out = greedy_decode(model, src, bos_id, eos_id, max_len)
+            else:
+                out = beam_search(model, src, beam_size, length_penalty, max_len, bos_id, eos_id)
+            for i, row in zip(rows, out.cpu().tolist(), strict=True):
+                hypotheses[i] = tgt_tokenizer.decode(row)
+            bar.update(len(rows))
+    seconds = time.perf_counter() - start
+    name = "greedy" if method == "greedy" else f"beam {beam_size}"
+    bleu = score_bleu(hypotheses, references)
+    return TranslationEvaluation(bleu, name, sources, references, hypotheses, seconds)

@@ -379,7 +379,7 @@ class Transformer(nn.Module):
         keep = torch.cat([cache.keep, tgt != self.config.pad_id], dim=1)  # (B, t + T)
         total = keep.shape[1]
         causal = causal_mask(total, device=tgt.device)[total - T :]  # (T, t + T): rows of the new
-        self_mask = causal  # (B, 1, T, t + T)
+        self_mask = causal & padding_mask(keep)  # (B, 1, T, t + T)
         x, layers = self.decoder.step(tgt, cache.layers, self_mask, cache.memory_mask)
         return self.lm_head(x), DecoderCache(layers, cache.memory_mask, keep)  # (B, T, V)
 

@@ -46,6 +46,7 @@ __all__ = [
     "translate_texts",
     "score_test2016",
     "SUBSET_SIZE",
+    "BEAM_SIZE",
     "export_course_checkpoint",
 ]
 
@@ -137,15 +138,9 @@ def translate_texts(
     batch_size: int = 100,
 ) -> list[str]:
     """Translate greedily (``beam_size=None``) or with ``decoding.translate``'s beam search."""
-    if beam_size is None:
-        return translate_sorted(model, texts, tokenizer, max_len, batch_size)
-    if not beam_available():
+    if beam_size is not None and not beam_available():
         raise NotImplementedError("tfx_course.decoding.translate has no beam_size yet")
-    from tfx_course import decoding
-
-    return decoding.translate(
-        model, list(texts), tokenizer, tokenizer, max_len=max_len, beam_size=beam_size
-    )
+    return translate_sorted(model, texts, tokenizer, max_len, batch_size, beam_size)
 
 
 def score_test2016(
@@ -175,6 +170,7 @@ def score_test2016(
 
 
 SUBSET_SIZE = 100  # test2016 sentences the checkpoint test re-scores (first n, in file order)
+BEAM_SIZE = 5  # beam width of the recorded beam-search score
 
 
 def export_course_checkpoint(
@@ -187,7 +183,8 @@ def export_course_checkpoint(
 
     Writes ``model.pt`` (float16), ``tokenizer.json``, ``recipe.json`` (``recipe`` plus the
     run's summary), ``results.json`` (greedy sacreBLEU on all of test2016 and on its first
-    ``SUBSET_SIZE`` sentences, both scored from the float16 weights as shipped),
+    ``SUBSET_SIZE`` sentences, both scored from the float16 weights as shipped; beam search
+    with ``BEAM_SIZE`` on all of test2016 when ``tfx_course.decoding`` offers it),
     ``curves.png`` and ``history.json``. Returns the results.
     """
     run_dir, dest = Path(run_dir), Path(dest)
@@ -202,10 +199,18 @@ def export_course_checkpoint(
         "test2016_subset_greedy": score_test2016(
             model, tokenizer, limit=SUBSET_SIZE, root=root, max_len=decode_max_len
         ),
-        "test2016_beam": None,  # added once beam search exists
+        "test2016_beam": None,  # filled in below once decoding has beam search
         "weights": "float16 model.pt, run in float32",
         "decode_max_len": decode_max_len,
     }
+    if beam_available():
+        from tfx_course import decoding
+
+        penalty = inspect.signature(decoding.translate).parameters.get("length_penalty")
+        results["test2016_beam"] = score_test2016(
+            model, tokenizer, beam_size=BEAM_SIZE, root=root, max_len=decode_max_len
+        )
+        results["test2016_beam"]["length_penalty"] = penalty.default if penalty else None
     write_json(dest / "recipe.json", {**recipe, "run": run})
     write_json(dest / "results.json", results)
     return results

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import EngFormatter
 
 __all__ = [
     "plot_mask",
@@ -440,6 +441,7 @@ def plot_padding(
     ax.set_yticks(rows, names)
     ax.invert_yaxis()  # the first strategy on top
     ax.set_xlim(0, 1.2 * max(float(padded_arr.max()), 1.0))  # room for the labels
+    ax.xaxis.set_major_formatter(EngFormatter(sep=" "))  # 500 k, 1 M rather than an offset
     ax.set_title(title)
     ax.set_xlabel("token slots in the padded batches")
     ax.set_ylabel("batching")

@@ -1,0 +1,107 @@
+"""Tests for tfx_course.evaluation: sacreBLEU scores and evaluate_translation."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from tfx_course.data.tokenizers import EOS_ID, PAD_ID, CharTokenizer
+from tfx_course.evaluation import corpus_bleu, evaluate_translation, score_bleu
+
+HYPOTHESES = ["the cat sat on the mat", "a dog runs in the park today", "two men play chess"]
+REFERENCES = ["the cat sat on a mat", "a dog runs in the big park", "two men are playing chess"]
+
+
+def _bleu_by_hand(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus BLEU from its definition, for texts that 13a tokenization leaves as they are."""
+    matches, totals, hyp_len, ref_len = [0] * 4, [0] * 4, 0, 0
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        h, r = hyp.split(), ref.split()
+        hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
+        for n in range(1, 5):
+            h_grams = Counter(tuple(h[i : i + n]) for i in range(len(h) - n + 1))
+            r_grams = Counter(tuple(r[i : i + n]) for i in range(len(r) - n + 1))
+            matches[n - 1] += sum((h_grams & r_grams).values())  # clipped counts
+            totals[n - 1] += sum(h_grams.values())
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / 4
+    brevity = min(1.0, math.exp(1 - ref_len / hyp_len))
+    return 100 * brevity * math.exp(log_precision)
+
+
+def test_bleu_equals_the_definition_and_the_sacrebleu_command(tmp_path):
+    result = score_bleu(HYPOTHESES, REFERENCES)
+    assert result.score == pytest.approx(_bleu_by_hand(HYPOTHESES, REFERENCES), abs=1e-9)
+    assert 0 < result.brevity_penalty < 1 and result.n_sentences == 3  # outputs are shorter
+    (tmp_path / "hyp.txt").write_text("\n".join(HYPOTHESES) + "\n")
+    (tmp_path / "ref.txt").write_text("\n".join(REFERENCES) + "\n")
+    command = [sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i",
+               str(tmp_path / "hyp.txt"), "--format", "json", "-w", "6"]  # fmt: skip
+    cli = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert result.score == pytest.approx(cli["score"], abs=1e-6)
+    assert result.signature == cli["signature"]
+
+
+def test_signature_names_the_protocol_and_perfect_output_scores_100():
+    result = score_bleu(REFERENCES, REFERENCES)
+    assert result.score == pytest.approx(100.0) and result.lowercase_score == pytest.approx(100.0)
+    assert "case:mixed" in result.signature and "tok:13a" in result.signature
+    assert "case:lc" in result.lowercase_signature
+    shouted = score_bleu([r.upper() for r in REFERENCES], REFERENCES)
+    assert shouted.score < 5 and shouted.lowercase_score == pytest.approx(100.0)
+    assert str(shouted).startswith(f"BLEU {shouted.score:.2f} (lower-cased 100.00)")
+    assert corpus_bleu(HYPOTHESES, REFERENCES) == score_bleu(HYPOTHESES, REFERENCES).to_dict()
+    with pytest.raises(ValueError, match="got 1 hypotheses for 3 references"):
+        score_bleu(HYPOTHESES[:1], REFERENCES)
+    with pytest.raises(TypeError, match="lists of sentences"):
+        score_bleu("a b", "a b")
+
+
+@dataclass(frozen=True)
+class LookupConfig:
+    max_len: int = 40
+    pad_id: int = PAD_ID
+
+
+class Reverser(nn.Module):
+    """Outputs the source characters in reverse order, then EOS: a known 'translation'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = LookupConfig()
+        self.weight = nn.Parameter(torch.zeros(1))  # gives the model a device
+
+    def encode(self, src):
+        return torch.zeros(*src.shape, 1)
+
+    def decode(self, tgt, memory, src):
+        B, T = tgt.shape
+        logits = torch.zeros(B, T, 64)
+        for b in range(B):
+            chars = [t for t in src[b].tolist() if t > 3]  # drop PAD, BOS, EOS, UNK
+            answer = [*reversed(chars), EOS_ID] + [EOS_ID] * T
+            for t in range(T):
+                logits[b, t, answer[t]] = 10.0
+        return logits
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_evaluate_translation_scores_outputs_in_the_order_of_the_pairs(method):
+    sources = ["tac eht", "god a", "nam gib eno", "ti"]  # lengths differ, so sorting reorders
+    references = ["the cat", "a dog", "one big man", "it is"]
+    tokenizer = CharTokenizer.from_texts(sources)
+    pairs = list(zip(sources, references, strict=True))
+    result = evaluate_translation(Reverser(), tokenizer, pairs, method=method, beam_size=3, batch_size=2)  # fmt: skip
+    assert result.hypotheses == [s[::-1] for s in sources]
+    assert result.bleu == score_bleu(result.hypotheses, references) and result.bleu.score < 100
+    assert result.method == ("greedy" if method == "greedy" else "beam 3")
+    assert result.sources == sources and result.references == references and result.seconds > 0
+    with pytest.raises(ValueError, match='method must be "greedy" or "beam"'):
+        evaluate_translation(Reverser(), tokenizer, pairs, method="sample")

@@ -7,6 +7,7 @@ same machine gives identical files; nbval then compares a fresh run against them
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,16 +16,61 @@ import nbformat
 from nbclient import NotebookClient
 
 KERNEL = {"name": "tfx-course", "display_name": "Python (tfx_course)", "language": "python"}
+SANITIZE = Path(__file__).resolve().parents[1] / "tests" / "nbval_sanitize.cfg"
+
+
+def sanitize_rules(path: Path = SANITIZE) -> list[tuple[re.Pattern[str], str]]:
+    """Read nbval's `regex:` / `replace:` pairs, the rules for what varies between runs."""
+    rules, pattern = [], None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("regex: "):
+            pattern = re.compile(line[len("regex: ") :])
+        elif line.startswith("replace: ") and pattern is not None:
+            rules.append((pattern, line[len("replace: ") :]))
+            pattern = None
+    return rules
+
+
+def _clean(text: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, replacement in rules:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stdout (or stderr) chunks: how they are split depends on timing."""
+    merged: list = []
+    for out in outputs:
+        previous = merged[-1] if merged else None
+        if (
+            out.output_type == "stream"
+            and previous is not None
+            and previous.output_type == "stream"
+            and previous.name == out.name
+        ):
+            previous.text += out.text
+        else:
+            merged.append(out)
+    return merged
 
 
 def normalise(nb: nbformat.NotebookNode) -> None:
     """Drop what changes from run to run or machine to machine."""
+    rules = sanitize_rules()
     nb.metadata["kernelspec"] = dict(KERNEL)
     nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = _coalesce_streams(cell.outputs)
+        for out in cell.outputs:
+            if out.output_type == "stream":
+                out.text = _clean(out.text, rules)
+            elif "data" in out and "text/plain" in out.data:
+                out.data["text/plain"] = _clean(out.data["text/plain"], rules)
 
 
 def run(path: Path, timeout: int) -> float:

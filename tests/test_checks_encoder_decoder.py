@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
+from check_helpers import planted_bug_tests
 from torch import nn
 
 from tfx_course import checks
@@ -198,22 +198,9 @@ CHECKS = {
     "decoder_layer": checks.check_decoder_layer,
 }
 
-CASES = [(name, fn, fragment) for name, bugs in BUGS.items() for fn, fragment in bugs]
-
-
-@pytest.mark.parametrize(("name", "bug", "fragment"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
-def test_planted_bug_is_named(name, bug, fragment):
-    result = CHECKS[name](bug)
-    assert not result.passed
-    assert fragment in result.message
-
-
-@pytest.mark.parametrize(
-    ("name", "fn"), [(name, fn) for name, fns in ALTERNATIVES.items() for fn in fns]
+test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
+    BUGS, ALTERNATIVES, CHECKS
 )
-def test_other_correct_implementation_passes(name, fn):
-    result = CHECKS[name](fn)
-    assert result.passed, result.message
 
 
 def test_a_layer_that_leaks_the_future_is_caught_by_the_property():

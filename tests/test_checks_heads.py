@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
+from check_helpers import planted_bug_tests
 from torch import nn
 
 from tfx_course import attention as A
@@ -158,22 +158,9 @@ CHECKS = {
     "multi_head_attention": checks.check_multi_head_attention,
 }
 
-CASES = [(name, fn, fragment) for name, bugs in BUGS.items() for fn, fragment in bugs]
-
-
-@pytest.mark.parametrize(("name", "bug", "fragment"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
-def test_planted_bug_is_named(name, bug, fragment):
-    result = CHECKS[name](bug)
-    assert not result.passed
-    assert fragment in result.message
-
-
-@pytest.mark.parametrize(
-    ("name", "fn"), [(name, fn) for name, fns in ALTERNATIVES.items() for fn in fns]
+test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
+    BUGS, ALTERNATIVES, CHECKS
 )
-def test_other_correct_implementation_passes(name, fn):
-    result = CHECKS[name](fn)
-    assert result.passed, result.message
 
 
 def test_every_exercise_has_three_bugs_and_an_alternative():

@@ -13,6 +13,7 @@ always adds the final norm; to compare a Post-LN model with it, set its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -159,6 +160,15 @@ def _final_norm(config: ModelConfig) -> nn.Module:
     return nn.Identity()
 
 
+# The arguments EncoderLayer and DecoderLayer both take, named as in ModelConfig.
+_LAYER_OPTIONS = "d_model n_heads d_ff dropout norm_first residual fused_attention".split()
+
+
+def _layer_options(config: ModelConfig) -> dict[str, Any]:
+    """Return the config's values for the arguments ``EncoderLayer`` and ``DecoderLayer`` share."""
+    return {name: getattr(config, name) for name in _LAYER_OPTIONS}
+
+
 def _check_tokens(name: str, tokens: Tensor) -> None:
     if not isinstance(tokens, Tensor) or tokens.dim() != 2:
         shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
@@ -176,16 +186,7 @@ class Encoder(nn.Module):
         self.embed = TokenEmbedding(config.src_vocab_size, config.d_model, config.pad_id)
         self.positional = _positional(config)
         self.layers = nn.ModuleList(
-            EncoderLayer(
-                config.d_model,
-                config.n_heads,
-                config.d_ff,
-                config.dropout,
-                config.norm_first,
-                config.residual,
-                config.fused_attention,
-            )
-            for _ in range(config.n_encoder_layers)
+            EncoderLayer(**_layer_options(config)) for _ in range(config.n_encoder_layers)
         )
         self.norm = _final_norm(config)
 
@@ -219,16 +220,7 @@ class Decoder(nn.Module):
         self.embed = TokenEmbedding(config.tgt_vocab_size, config.d_model, config.pad_id)
         self.positional = _positional(config)
         self.layers = nn.ModuleList(
-            DecoderLayer(
-                config.d_model,
-                config.n_heads,
-                config.d_ff,
-                config.dropout,
-                config.norm_first,
-                config.residual,
-                config.fused_attention,
-            )
-            for _ in range(config.n_decoder_layers)
+            DecoderLayer(**_layer_options(config)) for _ in range(config.n_decoder_layers)
         )
         self.norm = _final_norm(config)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 
 from tfx_course.data.batching import Seq2SeqBatch
 from tfx_course.data.bucketing import make_token_batches
+from tfx_course.data.cache import atomic_open
 from tfx_course.data.multi30k import load_multi30k
 from tfx_course.data.subword import SubwordTokenizer, train_subword_tokenizer
 from tfx_course.decoding import translate
@@ -288,19 +288,10 @@ def bleu_of(
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented json, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; this is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path) as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return Path(path)
 
 
 def _start_distributed(device: torch.device | None) -> tuple[torch.device, bool, bool]:

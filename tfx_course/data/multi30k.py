@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tfx_course.data.cache import MULTI30K_FILES, data_home
+from tfx_course.data.cache import MULTI30K_FILES, atomic_open, data_home
 
 __all__ = [
     "MULTI30K_URL",
@@ -142,21 +142,20 @@ def check_multi30k(
 
 def _fetch(url: str, path: Path, expected: str, progress: bool, timeout: float) -> None:
     """Download ``url`` to a temporary file beside ``path``, verify it, then rename it."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress)
-            with bar:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-            received = out.tell()
+    digest = hashlib.sha256()
+    # atomic_open removes the temporary file when the block raises (bad download, Ctrl-C)
+    with (
+        atomic_open(path, "wb", suffix=".part") as out,
+        urllib.request.urlopen(url, timeout=timeout) as response,
+    ):
+        total = int(response.headers.get("Content-Length") or 0) or None
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress)
+        with bar:
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        received = out.tell()
         if total is not None and received != total:
             raise DownloadError(f"the connection dropped after {received} of {total} bytes")
         if digest.hexdigest() != expected:
@@ -164,9 +163,6 @@ def _fetch(url: str, path: Path, expected: str, progress: bool, timeout: float) 
                 f"the download of {url} has sha256 {digest.hexdigest()}, expected {expected}; "
                 "nothing was saved. Try again; if it persists the file changed at the source."
             )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a failure or Ctrl-C; a no-op after os.replace
 
 
 def download_multi30k(

@@ -21,21 +21,27 @@ character becomes ``<unk>`` and is lost) and that does not start with a space.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from tfx_course.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
+from tfx_course.data.cache import atomic_write_text
+from tfx_course.data.tokenizers import (
+    BOS_ID,
+    EOS_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    TokenizerBase,
+)
 
 __all__ = ["SubwordTokenizer", "train_subword_tokenizer"]
 
 METASPACE = "▁"  # U+2581, marks "a space came before this"
 
 
-class SubwordTokenizer:
+class SubwordTokenizer(TokenizerBase):
     """Encode text to subword ids and back; wraps a trained ``tokenizers.Tokenizer``.
 
     Build one with ``train_subword_tokenizer`` or ``SubwordTokenizer.load(path)``.
@@ -55,25 +61,6 @@ class SubwordTokenizer:
         """Number of ids, special tokens included."""
         return self.tokenizer.get_vocab_size()
 
-    @property
-    def pad_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def bos_id(self) -> int:
-        return BOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return EOS_ID
-
-    @property
-    def unk_id(self) -> int:
-        return UNK_ID
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SubwordTokenizer) and self.to_json() == other.to_json()
 
@@ -83,12 +70,8 @@ class SubwordTokenizer:
     def __repr__(self) -> str:
         return f"SubwordTokenizer(vocab_size={self.vocab_size})"
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
-        """Return the ids of ``text``, wrapped in BOS ... EOS when ``add_special``."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return [BOS_ID, *ids, EOS_ID] if add_special else ids
+    def _encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Iterable[str], add_special: bool = True) -> list[list[int]]:
         """Encode many texts at once (in parallel threads); same ids as ``encode`` on each."""
@@ -101,20 +84,8 @@ class SubwordTokenizer:
             return [[BOS_ID, *e.ids, EOS_ID] for e in encodings]
         return [e.ids for e in encodings]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Return the text of ``ids``: stop at the first EOS, drop PAD, BOS and UNK.
-
-        Accepts a list of ints or a 1-D tensor (e.g. one row of ``greedy_decode``'s output).
-        """
-        kept = []
-        for i in (int(i) for i in ids):
-            if i == EOS_ID:
-                break
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"id {i} is out of range for a vocabulary of {self.vocab_size}")
-            if i >= len(SPECIAL_TOKENS):
-                kept.append(i)
-        return self.tokenizer.decode(kept, skip_special_tokens=True)
+    def _decode_ids(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def tokens(self, text: str) -> list[str]:
         """Return the subword strings of ``text`` (no BOS/EOS), for printing."""
@@ -122,8 +93,7 @@ class SubwordTokenizer:
 
     def token(self, i: int) -> str:
         """Return the text of one id, special tokens by name (for printing and plots)."""
-        if not 0 <= i < self.vocab_size:
-            raise ValueError(f"id {i} is out of range for a vocabulary of {self.vocab_size}")
+        self._check_id(i)
         return self.tokenizer.id_to_token(i)
 
     def to_json(self) -> str:
@@ -132,17 +102,7 @@ class SubwordTokenizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer to one json file (atomically) and return its path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SubwordTokenizer:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from tfx_course.data.cache import atomic_open
 
 __all__ = [
     "PAD_ID",
@@ -21,6 +22,7 @@ __all__ = [
     "UNK_ID",
     "SPECIAL_TOKENS",
     "Tokenizer",
+    "TokenizerBase",
     "CharTokenizer",
 ]
 
@@ -41,7 +43,67 @@ class Tokenizer(Protocol):
     def decode(self, ids: Iterable[int]) -> str: ...
 
 
-class CharTokenizer:
+class TokenizerBase:
+    """What every course tokenizer shares: the special ids, BOS ... EOS wrapping, id checks.
+
+    A subclass provides ``vocab_size``, ``_encode_text(text) -> ids`` (no specials) and
+    ``_decode_ids(ids) -> text`` (ids without specials).
+    """
+
+    vocab_size: int
+
+    @property
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    @property
+    def bos_id(self) -> int:
+        return BOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    @property
+    def unk_id(self) -> int:
+        return UNK_ID
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        """Return the ids of ``text``, wrapped in BOS ... EOS when ``add_special``."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        ids = self._encode_text(text)
+        return [BOS_ID, *ids, EOS_ID] if add_special else ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Return the text of ``ids``: stop at the first EOS, skip PAD, BOS and UNK.
+
+        Accepts a list of ints or a 1-D tensor (e.g. one row of ``greedy_decode``'s output).
+        """
+        kept = []
+        for i in (int(i) for i in ids):
+            if i == EOS_ID:
+                break
+            self._check_id(i)
+            if i >= len(SPECIAL_TOKENS):
+                kept.append(i)
+        return self._decode_ids(kept)
+
+    def _check_id(self, i: int) -> None:
+        if not 0 <= i < self.vocab_size:
+            raise ValueError(f"id {i} is out of range for a vocabulary of {self.vocab_size}")
+
+    def _encode_text(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+
+class CharTokenizer(TokenizerBase):
     """Map each character to an id; ids 0-3 are the special tokens.
 
     ``encode`` wraps the ids in BOS ... EOS and maps unknown characters to UNK;
@@ -71,25 +133,6 @@ class CharTokenizer:
         """Number of ids, special tokens included."""
         return len(SPECIAL_TOKENS) + len(self.chars)
 
-    @property
-    def pad_id(self) -> int:
-        return PAD_ID
-
-    @property
-    def bos_id(self) -> int:
-        return BOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return EOS_ID
-
-    @property
-    def unk_id(self) -> int:
-        return UNK_ID
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CharTokenizer) and self.chars == other.chars
 
@@ -99,49 +142,23 @@ class CharTokenizer:
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, chars={''.join(self.chars)!r})"
 
-    def encode(self, text: str, add_special: bool = True) -> list[int]:
-        """Return the ids of ``text``, wrapped in BOS ... EOS when ``add_special``."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        ids = [self._ids.get(c, UNK_ID) for c in text]
-        return [BOS_ID, *ids, EOS_ID] if add_special else ids
+    def _encode_text(self, text: str) -> list[int]:
+        return [self._ids.get(c, UNK_ID) for c in text]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Return the text of ``ids``: stop at the first EOS, skip PAD, BOS and UNK.
-
-        Accepts a list of ints or a 1-D tensor (e.g. one row of ``greedy_decode``'s output).
-        """
-        out = []
-        for i in (int(i) for i in ids):
-            if i == EOS_ID:
-                break
-            if i < len(SPECIAL_TOKENS):
-                continue
-            if i >= self.vocab_size:
-                raise ValueError(f"id {i} is out of range for a vocabulary of {self.vocab_size}")
-            out.append(self.chars[i - len(SPECIAL_TOKENS)])
-        return "".join(out)
+    def _decode_ids(self, ids: list[int]) -> str:
+        return "".join(self.chars[i - len(SPECIAL_TOKENS)] for i in ids)
 
     def token(self, i: int) -> str:
         """Return the text of one id, special tokens by name (for printing and plots)."""
-        if not 0 <= i < self.vocab_size:
-            raise ValueError(f"id {i} is out of range for a vocabulary of {self.vocab_size}")
+        self._check_id(i)
         return SPECIAL_TOKENS[i] if i < len(SPECIAL_TOKENS) else self.chars[i - len(SPECIAL_TOKENS)]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the vocabulary to a json file (atomically) and return its path."""
         path = Path(path)
         payload = {"format": _FORMAT, "specials": list(SPECIAL_TOKENS), "chars": list(self.chars)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, ensure_ascii=False, indent=1)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; this is an ordinary file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path) as f:
+            json.dump(payload, f, ensure_ascii=False, indent=1)
         return path
 
     @classmethod

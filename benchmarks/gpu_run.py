@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from tfx_course.device import pick_device
-from tfx_course.pretrained import beam_available, model_from_training_checkpoint, score_test2016
+from tfx_course.pretrained import model_from_training_checkpoint, score_test2016
 from tfx_course.training import TrainConfig
 from tfx_course.translation import Preset, get_preset, train_translation, write_json
 
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     limit = 20 if args.smoke else None
     common = dict(limit=limit, root=args.data_root, max_len=preset.decode_max_len)
     greedy = score_test2016(model, tokenizer, **common)
-    beam = None
-    if beam_available():
-        beam = score_test2016(model, tokenizer, beam_size=args.beam_size, **common)
+    beam = score_test2016(model, tokenizer, beam_size=args.beam_size, **common)
     device_name = summary["device"]
     peak_name, peak = peak_flops(device_name) if device.type == "cuda" else (None, None)
     flops_per_second = 6 * summary["parameters"] * summary["tokens_per_second"]

@@ -207,14 +207,8 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         self._check_inputs(query, key, value)
         q = split_heads(self.q_proj(query), self.n_heads)  # (B, H, T, D)
-        k = split_heads(self.k_proj(key), self.n_heads)  # (B, H, S, D)
-        v = split_heads(self.v_proj(value), self.n_heads)  # (B, H, S, D)
-        p = self.dropout if self.training else 0.0
-        if need_weights:
-            x, weights = scaled_dot_product_attention(q, k, v, mask, p)  # (B, H, T, D)
-        else:
-            x, weights = _fused_attention(q, k, v, mask, p), None  # (B, H, T, D)
-        return self.out_proj(merge_heads(x)), weights  # (B, T, C)
+        k, v = self.project_kv(key, value)  # (B, H, S, D) each
+        return self._attend_heads(q, k, v, mask, need_weights)  # (B, T, C), (B, H, T, S)
 
     def project_kv(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """Project and split the keys and values, the part of ``forward`` a KV cache keeps.
@@ -240,6 +234,11 @@ class MultiHeadAttention(nn.Module):
         equals ``attend(query, *project_kv(key, value))``.
         """
         q = split_heads(self.q_proj(query), self.n_heads)  # (B, H, T, D)
+        return self._attend_heads(q, k, v, mask, need_weights)
+
+    def _attend_heads(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
         p = self.dropout if self.training else 0.0
         if need_weights:
             x, weights = scaled_dot_product_attention(q, k, v, mask, p)  # (B, H, T, D)

@@ -17,9 +17,8 @@ from typing import Any
 from torch import nn
 from tqdm import tqdm
 
-from tfx_course.data.batching import pad_sequences
-from tfx_course.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
-from tfx_course.decoding import beam_search, greedy_decode
+from tfx_course.data.tokenizers import Tokenizer
+from tfx_course.decoding import translate
 
 __all__ = [
     "BleuResult",
@@ -131,23 +130,20 @@ def evaluate_translation(
         raise TypeError("pairs must be a list of (source, reference) pairs; wrap one as [pair]")
     tgt_tokenizer = tgt_tokenizer or tokenizer
     sources, references = [src for src, _ in pairs], [ref for _, ref in pairs]
-    ids = [tokenizer.encode(text, add_special=True) for text in sources]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    pad_id = int(model.config.pad_id)
-    bos_id = getattr(tgt_tokenizer, "bos_id", BOS_ID)  # the course's tokenizers all use 1 and 2
-    eos_id = getattr(tgt_tokenizer, "eos_id", EOS_ID)
-    hypotheses = [""] * len(ids)
+    lengths = [len(tokenizer.encode(text, add_special=True)) for text in sources]
+    order = sorted(range(len(sources)), key=lambda i: lengths[i])  # less padding per batch
+    beams = beam_size if method == "beam" else None
+    hypotheses = [""] * len(sources)
     start = time.perf_counter()
-    with tqdm(total=len(ids), desc=method, unit="sentence", disable=not progress) as bar:
+    with tqdm(total=len(sources), desc=method, unit="sentence", disable=not progress) as bar:
         for first in range(0, len(order), batch_size):
             rows = order[first : first + batch_size]
-            src = pad_sequences([ids[i] for i in rows], pad_id)
-            if method == "greedy":
-                out = greedy_decode(model, src, bos_id, eos_id, max_len)
-            else:
-                out = beam_search(model, src, beam_size, length_penalty, max_len, bos_id, eos_id)
-            for i, row in zip(rows, out.cpu().tolist(), strict=True):
-                hypotheses[i] = tgt_tokenizer.decode(row)
+            texts = [sources[i] for i in rows]
+            outputs = translate(
+                model, texts, tokenizer, tgt_tokenizer, max_len, len(rows), beams, length_penalty
+            )
+            for i, text in zip(rows, outputs, strict=True):
+                hypotheses[i] = text
             bar.update(len(rows))
     seconds = time.perf_counter() - start
     name = "greedy" if method == "greedy" else f"beam {beam_size}"

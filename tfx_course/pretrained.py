@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +40,6 @@ __all__ = [
     "load_model",
     "load_course_model",
     "model_from_training_checkpoint",
-    "beam_available",
-    "translate_texts",
     "score_test2016",
     "SUBSET_SIZE",
     "BEAM_SIZE",
@@ -122,27 +118,6 @@ def model_from_training_checkpoint(path: str | os.PathLike) -> Transformer:
     return model.eval()
 
 
-def beam_available() -> bool:
-    """Return whether ``tfx_course.decoding`` offers beam search yet."""
-    from tfx_course import decoding
-
-    return "beam_size" in inspect.signature(decoding.translate).parameters
-
-
-def translate_texts(
-    model: nn.Module,
-    texts: Sequence[str],
-    tokenizer: SubwordTokenizer,
-    beam_size: int | None = None,
-    max_len: int = 80,
-    batch_size: int = 100,
-) -> list[str]:
-    """Translate greedily (``beam_size=None``) or with ``decoding.translate``'s beam search."""
-    if beam_size is not None and not beam_available():
-        raise NotImplementedError("tfx_course.decoding.translate has no beam_size yet")
-    return translate_sorted(model, texts, tokenizer, max_len, batch_size, beam_size)
-
-
 def score_test2016(
     model: nn.Module,
     tokenizer: SubwordTokenizer,
@@ -160,8 +135,8 @@ def score_test2016(
     pairs = load_multi30k("test2016", root)
     if limit is not None:
         pairs = pairs[:limit]
-    hypotheses = translate_texts(
-        model, [de for de, _ in pairs], tokenizer, beam_size, max_len, batch_size
+    hypotheses = translate_sorted(
+        model, [de for de, _ in pairs], tokenizer, max_len, batch_size, beam_size
     )
     scores = corpus_bleu(hypotheses, [en for _, en in pairs])
     scores["decoder"] = "greedy" if beam_size is None else f"beam {beam_size}"
@@ -171,6 +146,7 @@ def score_test2016(
 
 SUBSET_SIZE = 100  # test2016 sentences the checkpoint test re-scores (first n, in file order)
 BEAM_SIZE = 5  # beam width of the recorded beam-search score
+LENGTH_PENALTY = 0.6  # decoding.translate's default GNMT alpha, recorded beside the beam score
 
 
 def export_course_checkpoint(
@@ -199,18 +175,13 @@ def export_course_checkpoint(
         "test2016_subset_greedy": score_test2016(
             model, tokenizer, limit=SUBSET_SIZE, root=root, max_len=decode_max_len
         ),
-        "test2016_beam": None,  # filled in below once decoding has beam search
+        "test2016_beam": score_test2016(
+            model, tokenizer, beam_size=BEAM_SIZE, root=root, max_len=decode_max_len
+        ),
         "weights": "float16 model.pt, run in float32",
         "decode_max_len": decode_max_len,
     }
-    if beam_available():
-        from tfx_course import decoding
-
-        penalty = inspect.signature(decoding.translate).parameters.get("length_penalty")
-        results["test2016_beam"] = score_test2016(
-            model, tokenizer, beam_size=BEAM_SIZE, root=root, max_len=decode_max_len
-        )
-        results["test2016_beam"]["length_penalty"] = penalty.default if penalty else None
+    results["test2016_beam"]["length_penalty"] = LENGTH_PENALTY
     write_json(dest / "recipe.json", {**recipe, "run": run})
     write_json(dest / "results.json", results)
     return results

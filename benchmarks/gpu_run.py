@@ -2,12 +2,23 @@
 
     PYTHONPATH=. python benchmarks/gpu_run.py                 # one GPU, about ten minutes
     PYTHONPATH=. python benchmarks/gpu_run.py --smoke         # the same path on a CPU, seconds
+    PYTHONPATH=. python benchmarks/gpu_run.py --budget-minutes 6   # fit the schedule to 6 min
+    PYTHONPATH=. python benchmarks/gpu_run.py --replot results/gpu_base_history.json
 
 Writes ``results/gpu_base.json`` (configuration, git commit, device, wall time, tokens/s, model
 FLOPs utilisation, sacreBLEU cased and lower-cased, greedy and beam search) and the curves
 ``results/gpu_base_curves.png`` with the history ``results/gpu_base_history.json``. The
 training folder (checkpoint, tokenizer) is ``runs/gpu_base``; ``--resume`` continues a run
 that was stopped.
+
+With ``--budget-minutes`` the script first times a few training steps and one validation on
+the device, then shortens the schedule (``max_steps``, and the warmup in proportion) so that
+training and its validations end inside the budget with the learning rate fully decayed. A run
+cut off by a time limit mid-schedule would instead stop at a high learning rate. The preset's
+``max_steps`` stays the upper bound. The plan is recorded in the results.
+
+The script needs only torch, tokenizers and sacrebleu (a bare GPU machine). Without matplotlib
+it writes the history and skips the plot; ``--replot`` draws it later from the history file.
 
 Model FLOPs utilisation = 6 x parameters x target tokens per second / the device's peak dense
 bf16 FLOP/s. Counting target tokens only is the usual approximation for an encoder-decoder:
@@ -17,7 +28,10 @@ the encoder's parameters see the source tokens, about as many as the target toke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
 import shutil
 import subprocess
 import sys
@@ -26,10 +40,27 @@ from pathlib import Path
 
 import torch
 
+from tfx_course.data.subword import SubwordTokenizer
 from tfx_course.device import pick_device
 from tfx_course.pretrained import model_from_training_checkpoint, score_test2016
-from tfx_course.training import TrainConfig
-from tfx_course.translation import Preset, get_preset, train_translation, write_json
+from tfx_course.training import (
+    History,
+    TrainConfig,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    train_step,
+)
+from tfx_course.translation import (
+    Preset,
+    bleu_of,
+    build_model,
+    get_preset,
+    prepare_data,
+    save_curves,
+    train_translation,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # Peak dense bf16 tensor FLOP/s (no sparsity), from the vendors' data sheets.
@@ -72,7 +103,86 @@ def peak_flops(device_name: str) -> tuple[str | None, float | None]:
     return None, None
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def steps_within(
+    budget: float, per_step: float, per_validation: float, eval_every: int, max_steps: int
+) -> int:
+    """Return the most steps (1 to ``max_steps``) whose training and validations fit ``budget``.
+
+    Validation runs every ``eval_every`` steps and once at the end, so ``n`` steps cost
+    ``n * per_step + (n / eval_every + 1) * per_validation`` seconds.
+    """
+    fit = (budget - per_validation) / (per_step + per_validation / eval_every)
+    return max(1, min(max_steps, math.floor(fit)))
+
+
+def plan_steps(
+    preset: Preset,
+    budget_seconds: float,
+    device: torch.device,
+    data_root: str | None = None,
+    timing_steps: int = 20,
+) -> dict:
+    """Time training steps and one validation of ``preset`` on ``device``; fit the schedule.
+
+    Returns the plan: seconds per step, seconds per validation, the steps that fit in
+    ``budget_seconds`` (at most the preset's ``max_steps``, at least 1) and the warmup scaled
+    by the same factor. The timing model is a throwaway copy, freed before training starts.
+    """
+    data = prepare_data(preset, data_root)
+    model = build_model(preset, data.tokenizer.vocab_size, preset.train.seed).to(device)
+    optimizer = make_optimizer(model, preset.train)
+    scheduler = make_scheduler(optimizer, preset.train)
+    pad_id = data.tokenizer.pad_id
+    batches = data.train_batches
+    warm = min(3, timing_steps)
+    for i in range(warm + timing_steps):
+        if i == warm:
+            _sync(device)
+            start = time.perf_counter()
+        batch = batches[i % len(batches)].to(device)
+        train_step(model, batch, optimizer, scheduler, preset.train, pad_id)
+    _sync(device)
+    per_step = (time.perf_counter() - start) / timing_steps
+    start = time.perf_counter()
+    evaluate(model, data.val_batches, pad_id)
+    # An untrained model decodes to max_len: a validation later in training is shorter.
+    bleu_of(model, data.val_pairs, data.tokenizer, preset.decode_max_len)
+    _sync(device)
+    per_validation = time.perf_counter() - start
+    del model, optimizer, scheduler
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    eval_every = len(batches) * preset.validate_every_epochs
+    steps = steps_within(budget_seconds, per_step, per_validation, eval_every, preset.train.max_steps)  # fmt: skip
+    scale = steps / preset.train.max_steps
+    return {
+        "budget_seconds": budget_seconds,
+        "seconds_per_step": per_step,
+        "seconds_per_validation": per_validation,
+        "steps_per_epoch": len(batches),
+        "max_steps": steps,
+        "warmup_steps": max(1, round(preset.train.warmup_steps * scale)),
+        "preset_max_steps": preset.train.max_steps,
+    }
+
+
+def replot(history_path: str | Path, title: str = "Multi30k de-en, gpu-base") -> Path:
+    """Draw ``<name>_curves.png`` next to a ``<name>_history.json`` written by this script."""
+    history_path = Path(history_path)
+    history = History.from_dict(json.loads(history_path.read_text()))
+    target = history_path.with_name(history_path.name.replace("_history.json", "_curves.png"))
+    return save_curves(history, target, title=title)
+
+
 def git_commit() -> str:
+    """Return HEAD (``+uncommitted`` if the tree is dirty), or $TFX_COURSE_COMMIT without git."""
+    if os.environ.get("TFX_COURSE_COMMIT"):  # a copied tree on a machine without .git
+        return os.environ["TFX_COURSE_COMMIT"]
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
@@ -91,6 +201,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", default=None, help="training folder (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--max-minutes", type=float, default=10.0, help="training time limit")
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="time a few steps first and shorten the schedule to end within this many minutes",
+    )
+    p.add_argument("--replot", metavar="HISTORY", help="only draw the curves of a history file")
     p.add_argument("--beam-size", type=int, default=5, help="beam width for the beam score")
     p.add_argument("--data-root", default=None, help="folder holding multi30k/")
     return p.parse_args(argv)
@@ -98,6 +215,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.replot:
+        print(f"wrote {replot(args.replot)}")
+        return {}
     started = time.perf_counter()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -108,24 +228,27 @@ def main(argv: list[str] | None = None) -> dict:
     name = "gpu_base_smoke" if args.smoke else args.preset.replace("-", "_")
     run_dir = Path(args.run_dir or REPO / "runs" / name)
     out = Path(args.out)
+    plan = None
+    if args.budget_minutes is not None and not args.resume:
+        plan = plan_steps(preset, 60.0 * args.budget_minutes, device, args.data_root)
+        print(f"plan: {json.dumps(plan)}")
+        train = dataclasses.replace(
+            preset.train, max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"]
+        )
+        preset = dataclasses.replace(preset, train=train)
+    max_minutes = args.max_minutes
+    if args.budget_minutes is not None:  # a safety net only: the plan should end sooner
+        max_minutes = min(max_minutes, 1.25 * args.budget_minutes)
     summary = train_translation(
         preset,
         run_dir,
         resume=args.resume,
-        max_minutes=args.max_minutes,
+        max_minutes=max_minutes,
         device=device,
         data_root=args.data_root,
         progress=not args.smoke,
     )
     train_wall = time.perf_counter() - started
-    model = model_from_training_checkpoint(run_dir / "checkpoint.pt").to(device)
-    from tfx_course.data.subword import SubwordTokenizer
-
-    tokenizer = SubwordTokenizer.load(run_dir / "tokenizer.json")
-    limit = 20 if args.smoke else None
-    common = dict(limit=limit, root=args.data_root, max_len=preset.decode_max_len)
-    greedy = score_test2016(model, tokenizer, **common)
-    beam = score_test2016(model, tokenizer, beam_size=args.beam_size, **common)
     device_name = summary["device"]
     peak_name, peak = peak_flops(device_name) if device.type == "cuda" else (None, None)
     flops_per_second = 6 * summary["parameters"] * summary["tokens_per_second"]
@@ -138,9 +261,10 @@ def main(argv: list[str] | None = None) -> dict:
         "parameters": summary["parameters"],
         "steps": summary["steps"],
         "finished_schedule": summary["finished"],
+        "plan": plan,
         "train_seconds": round(summary["train_seconds"], 1),
         "wall_seconds_to_trained_model": round(train_wall, 1),
-        "wall_seconds_total": round(time.perf_counter() - started, 1),
+        "wall_seconds_total": None,
         "target_tokens_per_second": round(summary["tokens_per_second"], 1),
         "model_flops_per_second": flops_per_second,
         "mfu": flops_per_second / peak if peak else None,
@@ -148,17 +272,27 @@ def main(argv: list[str] | None = None) -> dict:
         "mfu_formula": "6 * parameters * target tokens/s / peak dense bf16 FLOP/s",
         "val_loss": summary["val_loss"],
         "val_bleu_greedy_subset": summary["val_bleu_greedy"],
-        "test2016_greedy": greedy,
-        "test2016_beam": beam,
-        "beam_note": None if beam else "tfx_course.decoding has no beam search yet: greedy only",
+        "test2016_greedy": None,
+        "test2016_beam": None,
     }
+    # Written now and again after each score: a run cut off while scoring keeps its training.
     write_json(out / f"{name}.json", results)
-    shutil.copyfile(run_dir / "curves.png", out / f"{name}_curves.png")
     shutil.copyfile(run_dir / "history.json", out / f"{name}_history.json")
+    if (run_dir / "curves.png").exists():  # absent without matplotlib: --replot draws it
+        shutil.copyfile(run_dir / "curves.png", out / f"{name}_curves.png")
     print(json.dumps({k: results[k] for k in ("device", "steps", "train_seconds", "mfu")}))
-    print(f"test2016 greedy BLEU {greedy['bleu']:.2f} ({greedy['signature']})")
-    if beam:
-        print(f"test2016 beam {args.beam_size} BLEU {beam['bleu']:.2f}")
+    model = model_from_training_checkpoint(run_dir / "checkpoint.pt").to(device)
+    tokenizer = SubwordTokenizer.load(run_dir / "tokenizer.json")
+    limit = 20 if args.smoke else None
+    common = dict(limit=limit, root=args.data_root, max_len=preset.decode_max_len)
+    for key, beam_size in (("test2016_greedy", None), ("test2016_beam", args.beam_size)):
+        scored = time.perf_counter()
+        score = score_test2016(model, tokenizer, beam_size=beam_size, **common)
+        score["seconds"] = round(time.perf_counter() - scored, 1)
+        results[key] = score
+        results["wall_seconds_total"] = round(time.perf_counter() - started, 1)
+        write_json(out / f"{name}.json", results)
+        print(f"test2016 {key[9:]} BLEU {score['bleu']:.2f} ({score['signature']})")
     return results
 
 

@@ -191,6 +191,22 @@ def test_fused_attention_equals_explicit(src, tgt):
         torch.testing.assert_close(fused_grad, explicit_grad)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_bfloat16_autocast_stays_finite_and_close(src, tgt, fused):
+    # The GPU preset trains under bf16 autocast; CPU autocast runs the same dtype paths
+    # (masked fills, softmax, LayerNorm) so a NaN or a float32-only operation shows up here.
+    model = make_model(dataclasses.replace(CONFIG, fused_attention=fused))
+    reference = model(src, tgt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(src, tgt)
+    assert logits.dtype == torch.bfloat16
+    assert torch.isfinite(logits).all()
+    # bf16 keeps 8 bits of mantissa: errors of a few 1e-2 on logits of size ~1 are expected.
+    torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.05)
+    logits.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_weight_tying_shares_one_tensor(src, tgt):
     untied = make_model()
     tied = make_model(dataclasses.replace(CONFIG, tie_embeddings=True))

@@ -1,6 +1,9 @@
 """Tests that keep the project's set-up files consistent with each other."""
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import tomllib
@@ -75,3 +78,21 @@ def test_every_lesson_is_committed_with_outputs():
         cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
         unrun = [c for c in cells if c["source"] and c["execution_count"] is None]
         assert not unrun, f"{path.name}: {len(unrun)} code cells have no stored outputs"
+
+
+def test_the_gpu_script_imports_with_torch_tokenizers_and_sacrebleu_alone():
+    # A bare GPU machine has torch, tokenizers and sacrebleu and nothing else of ours:
+    # block the other third-party packages and import the package and the GPU script.
+    blocked = ["matplotlib", "nbformat", "nbclient", "jupyter_client", "yaml", "IPython"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None\n"
+        "import importlib.util, tfx_course\n"
+        "spec = importlib.util.spec_from_file_location('g', 'benchmarks/gpu_run.py')\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "assert 'matplotlib' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,20 +180,53 @@ def test_cli_train_parses_its_options():
     assert args.func.__name__ == "_train"
 
 
-def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root):
+def _gpu_script():
     spec = importlib.util.spec_from_file_location("gpu_run", REPO / "benchmarks" / "gpu_run.py")
     gpu_run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_run)
-    argv = ["--smoke", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "run")]
-    results = gpu_run.main([*argv, "--data-root", str(data_root)])
-    saved = json.loads((tmp_path / "results" / "gpu_base_smoke.json").read_text())
+    return gpu_run
+
+
+def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypatch):
+    gpu_run = _gpu_script()
+    out = tmp_path / "results"
+    argv = ["--smoke", "--out", str(out), "--run-dir", str(tmp_path / "run")]
+    # A bare GPU machine has no matplotlib: the run must still finish, then --replot draws.
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setenv("TFX_COURSE_COMMIT", "abc123")
+    results = gpu_run.main([*argv, "--data-root", str(data_root), "--budget-minutes", "5"])
+    saved = json.loads((out / "gpu_base_smoke.json").read_text())
+    assert saved == json.loads(json.dumps(results))
     assert saved["steps"] == 4 and saved["test2016_greedy"]["sentences"] == 20
     assert saved["test2016_greedy"]["signature"].startswith("nrefs:1|case:mixed")
+    assert saved["test2016_greedy"]["decoder"] == "greedy"
+    assert saved["test2016_beam"]["decoder"] == "beam 5"
     assert saved["mfu"] is None and saved["target_tokens_per_second"] > 0  # no peak for a CPU
-    assert (saved["test2016_beam"] is None) == (saved["beam_note"] is not None)
-    assert results["git_commit"] and (tmp_path / "results" / "gpu_base_smoke_curves.png").is_file()
+    assert saved["git_commit"] == "abc123"
+    plan = saved["plan"]  # 5 minutes is far more than 4 tiny steps need: the preset's 4 stay
+    assert plan["max_steps"] == 4 and plan["seconds_per_step"] > 0
+    assert not (out / "gpu_base_smoke_curves.png").exists()
+    monkeypatch.delitem(sys.modules, "matplotlib.figure")
+    gpu_run.main(["--replot", str(out / "gpu_base_smoke_history.json")])
+    assert (out / "gpu_base_smoke_curves.png").stat().st_size > 1000
     assert gpu_run.peak_flops("NVIDIA H100 80GB HBM3") == ("H100 SXM", 989e12)
     assert gpu_run.peak_flops("NVIDIA H100 PCIe")[0] == "H100 PCIe"
+
+
+@pytest.mark.parametrize(
+    ("budget", "per_step", "per_validation", "eval_every"),
+    [(100.0, 0.1, 10.0, 100), (420.0, 0.05, 3.0, 325), (60.0, 0.2, 1.0, 20), (5.0, 1.0, 10.0, 50)],
+)
+def test_gpu_plan_fills_the_budget_without_passing_it(budget, per_step, per_validation, eval_every):
+    steps_within = _gpu_script().steps_within
+
+    def cost(n: int) -> float:
+        return n * per_step + (n / eval_every + 1) * per_validation
+
+    steps = steps_within(budget, per_step, per_validation, eval_every, max_steps=10**9)
+    assert steps == 1 or cost(steps) <= budget + 1e-9  # at least one step, even over budget
+    assert cost(steps + 1) > budget
+    assert steps_within(budget, per_step, per_validation, eval_every, max_steps=3) == min(3, steps)
 
 
 def test_export_course_checkpoint_scores_the_shipped_weights(tmp_path, data_root):

@@ -27,12 +27,22 @@ from tfx_course import (
     repro,
     training,
     translation,
-    viz,
 )
 from tfx_course.doctor import doctor
 from tfx_course.repro import seed_everything, setup_notebook
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562 module attribute hook
+    # viz needs matplotlib, which a bare GPU machine may lack: import it on first use only,
+    # so ``import tfx_course`` works with torch, tokenizers and sacrebleu alone.
+    if name == "viz":
+        import importlib
+
+        return importlib.import_module("tfx_course.viz")
+    raise AttributeError(f"module 'tfx_course' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",

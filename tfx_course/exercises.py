@@ -29,6 +29,8 @@ __all__ = [
     "strip_solutions",
     "student_notebook",
     "build",
+    "NBGRADER_CONFIG",
+    "nbgrader_course",
 ]
 
 # The exercises of each lesson, in notebook order. The grader expects exactly these
@@ -163,3 +165,49 @@ def build(solutions: Path, out: Path, check: bool = False) -> list[BuildResult]:
     if not results:
         raise ExerciseError(f"no solution notebooks (NN_topic.ipynb) found in {solutions}")
     return results
+
+
+NBGRADER_CONFIG = """\
+# nbgrader configuration for the tfx_course exercises (written by `tfx-course exercises nbgrader`).
+import os
+
+c = get_config()  # noqa: F821 - nbgrader provides get_config
+c.CourseDirectory.course_id = "tfx_course"
+# nbgrader counts a test cell as failed only when it raises. The course's checks print FAIL and
+# carry on unless this variable is set; the kernels nbgrader starts inherit it from here.
+os.environ["TFX_COURSE_RAISE_ON_FAIL"] = "1"
+# Seconds a cell may run before nbgrader stops it (a hanging answer).
+c.Execute.timeout = 120
+"""
+
+
+def nbgrader_course(dest: Path, solutions: Path, lessons: list[str] | None = None) -> list[Path]:
+    """Lay out an nbgrader course in ``dest``: one assignment per lesson, plus its config.
+
+    Copies ``solutions/NN_topic.ipynb`` to ``dest/source/NN_topic/NN_topic.ipynb`` (outputs
+    cleared) for every lesson in ``lessons`` (all if None) and writes
+    ``dest/nbgrader_config.py`` unless one exists. Returns the source notebooks written.
+    """
+    sources = sorted(solutions.glob("[0-9][0-9]_*.ipynb"))
+    if lessons is not None:
+        unknown = sorted(set(lessons) - {lesson_of(p) for p in sources})
+        if unknown:
+            raise ExerciseError(f"no solution notebook for lesson(s) {', '.join(unknown)} in {solutions}")  # fmt: skip
+        sources = [p for p in sources if lesson_of(p) in lessons]
+    if not sources:
+        raise ExerciseError(f"no solution notebooks (NN_topic.ipynb) found in {solutions}")
+    written = []
+    for source in sources:
+        nb = nbformat.read(source, as_version=4)
+        _validate(nb, source.name)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        target = dest / "source" / source.stem / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(_text(nb), encoding="utf-8")
+        written.append(target)
+    config = dest / "nbgrader_config.py"
+    if not config.exists():
+        config.write_text(NBGRADER_CONFIG, encoding="utf-8")
+    return written

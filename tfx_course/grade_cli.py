@@ -132,6 +132,27 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nbgrader(args: argparse.Namespace) -> int:
+    from tfx_course.exercises import ExerciseError, nbgrader_course
+
+    dest = Path(args.dest)
+    had_config = (dest / "nbgrader_config.py").exists()
+    try:
+        written = nbgrader_course(dest, Path(args.solutions), args.lessons or None)
+    except ExerciseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"written     {path}")
+    config = dest / "nbgrader_config.py"
+    if had_config:
+        print(f"kept        {config}: make sure it sets TFX_COURSE_RAISE_ON_FAIL=1 (see the guide)")  # fmt: skip
+    else:
+        print(f"written     {config}")
+    print(f"next: cd {dest} && nbgrader generate_assignment {written[0].parent.name}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``grade``, ``check`` and ``exercises`` to the ``tfx-course`` command."""
     p = sub.add_parser("grade", help="run exercise notebooks and print one result per exercise")
@@ -165,3 +186,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default="exercises", help="where the student notebooks go")
     b.add_argument("--check", action="store_true", help="write nothing; exit 1 if any is stale")
     b.set_defaults(func=_build)
+    n = ex_sub.add_parser("nbgrader", help="lay out an nbgrader course (one assignment per lesson)")
+    n.add_argument("dest", help="the nbgrader course folder (created if missing)")
+    n.add_argument("lessons", nargs="*", help="lesson numbers, e.g. 01 02 (default: all)")
+    n.add_argument("--solutions", default="exercises/solutions", help="source notebooks")
+    n.set_defaults(func=_nbgrader)

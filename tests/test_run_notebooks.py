@@ -1,6 +1,7 @@
 """Tests for tools/run_notebooks.py: stored outputs must not depend on timing."""
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -53,3 +54,23 @@ def test_stream_chunks_are_merged_and_other_outputs_kept():
     ]
     assert "execution" not in nb.cells[0].metadata
     assert nb.metadata["kernelspec"]["name"] == "tfx-course"
+
+
+def test_time_lessons_records_times_and_failures_without_touching_the_notebooks(tmp_path):
+    spec = importlib.util.spec_from_file_location("time_lessons", ROOT / "tools" / "time_lessons.py")  # fmt: skip
+    time_lessons = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(time_lessons)
+    good, bad = tmp_path / "00_good.ipynb", tmp_path / "01_bad.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1 + 1")]), good)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 / 0")]), bad)
+    before = good.read_text(), bad.read_text()
+    out = tmp_path / "times.json"
+    code = time_lessons.main([str(good), str(bad), "--out", str(out)])
+    assert code == 1, "a notebook failed, so the exit code is 1"
+    result = json.loads(out.read_text())
+    rows = {r["notebook"]: r for r in result["notebooks"]}
+    assert rows["00_good.ipynb"]["error"] is None and rows["00_good.ipynb"]["seconds"] > 0
+    assert rows["01_bad.ipynb"]["error"].startswith("CellExecutionError")
+    assert "ZeroDivisionError" in rows["01_bad.ipynb"]["error"]
+    assert result["total_seconds"] == round(sum(r["seconds"] for r in rows.values()), 1)
+    assert result["device"] and (good.read_text(), bad.read_text()) == before

@@ -1,0 +1,94 @@
+"""Time every lesson (and exercise solution) on this machine, for the instructors' timetable.
+
+    python tools/time_lessons.py --out results/lesson_times_cpu.json
+    python tools/time_lessons.py --out "$OUT/lesson_times_gpu.json" --kernel python3
+
+Runs each notebook top to bottom in a fresh kernel (nothing is written back to it), records
+the seconds it took, whether it finished, and the device torch picks here, then prints a
+Markdown table. The lessons choose their device themselves (CUDA, then MPS, then CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = [
+    *sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+    *sorted((ROOT / "exercises" / "solutions").glob("[0-9][0-9]_*.ipynb")),
+]
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "Apple MPS"
+    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+
+
+def time_notebook(path: Path, kernel: str, timeout: int) -> dict:
+    """Run ``path`` in a fresh kernel; return its name, seconds and error (None if it ran)."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(path.parent)}}
+    )
+    start = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except Exception as err:  # a failing notebook is a result too: record it, go on
+        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err).strip() else ''}"  # fmt: skip
+    kind = "exercise solution" if path.parent.name == "solutions" else "lesson"
+    return {
+        "notebook": path.name,
+        "kind": kind,
+        "seconds": round(time.perf_counter() - start, 1),
+        "error": error,
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| notebook | kind | seconds | finished |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['notebook']} | {r['kind']} | {r['seconds']:.1f} | {'yes' if r['error'] is None else 'no: ' + r['error']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("notebooks", nargs="*", type=Path, help="default: every lesson and solution")
+    p.add_argument("--kernel", default="tfx-course", help="kernel name (default tfx-course)")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per cell (600)")
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    rows = []
+    for path in args.notebooks or DEFAULT:
+        rows.append(time_notebook(path, args.kernel, args.timeout))
+        print(f"{path.name:<40} {rows[-1]['seconds']:7.1f} s  {rows[-1]['error'] or ''}", flush=True)  # fmt: skip
+    result = {
+        "device": device_name(),
+        "python": sys.version.split()[0],
+        "torch": __import__("torch").__version__,
+        "notebooks": rows,
+        "total_seconds": round(sum(r["seconds"] for r in rows), 1),
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(markdown(rows))
+    return 0 if all(r["error"] is None for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

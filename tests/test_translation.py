@@ -20,6 +20,7 @@ from tfx_course.pretrained import (
     SUBSET_SIZE,
     export_course_checkpoint,
     export_model,
+    gpu_results_summary,
     load_course_model,
     load_model,
     model_from_training_checkpoint,
@@ -209,6 +210,18 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
     monkeypatch.delitem(sys.modules, "matplotlib.figure")
     gpu_run.main(["--replot", str(out / "gpu_base_smoke_history.json")])
     assert (out / "gpu_base_smoke_curves.png").stat().st_size > 1000
+    summary = gpu_results_summary(out / "gpu_base_smoke.json").splitlines()
+    assert summary[1].endswith(f"{saved['parameters']:,}") and "schedule finished" in summary[2]
+    for line, key in zip(summary[4:6], ("test2016_greedy", "test2016_beam"), strict=True):
+        score = saved[key]
+        assert line.startswith(f"test2016 {score['decoder']}")
+        assert f"{score['bleu']:.2f} cased, {score['bleu_lowercase']:.2f} lower-cased" in line
+    assert summary[-1].endswith(saved["test2016_beam"]["signature"])
+    saved["test2016_beam"] = None  # a run stopped while beam search was scoring
+    (out / "partial.json").write_text(json.dumps(saved))
+    partial = gpu_results_summary(out / "partial.json")
+    assert "test2016 greedy" in partial and "beam" not in partial
+    assert gpu_results_summary(out / "absent.json") is None
     assert gpu_run.peak_flops("NVIDIA H100 80GB HBM3") == ("H100 SXM", 989e12)
     assert gpu_run.peak_flops("NVIDIA H100 PCIe")[0] == "H100 PCIe"
 

@@ -33,6 +33,8 @@ from tfx_course.training import load_checkpoint
 from tfx_course.translation import translate_sorted, write_json
 
 __all__ = [
+    "GPU_RESULTS",
+    "gpu_results_summary",
     "MODEL_FORMAT",
     "COURSE_CHECKPOINT",
     "course_checkpoint_dir",
@@ -185,3 +187,43 @@ def export_course_checkpoint(
     write_json(dest / "recipe.json", {**recipe, "run": run})
     write_json(dest / "results.json", results)
     return results
+
+
+GPU_RESULTS = COURSE_CHECKPOINT.parents[1] / "results"  # benchmarks/gpu_run.py writes here
+
+
+def gpu_results_summary(path: str | os.PathLike) -> str | None:
+    """Return a short report of a ``benchmarks/gpu_run.py`` results file, or None if absent.
+
+    One line each: device, parameters, steps, training time and throughput, and the test2016
+    sacreBLEU scores (cased and lower-cased) of every decoder that was scored.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text(encoding="utf-8"))
+    finished = (
+        "schedule finished" if r["finished_schedule"] else "stopped before the schedule's end"
+    )
+    mfu = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") is not None else ""
+    lines = [
+        f"{'device':<18}{r['device']} (torch {r['torch']})",
+        f"{'parameters':<18}{r['parameters']:,}",
+        f"{'steps':<18}{r['steps']:,} ({finished})",
+        f"{'training':<18}{r['train_seconds'] / 60:.1f} min, "
+        f"{r['target_tokens_per_second']:,.0f} target tokens/s{mfu}",
+    ]
+    signature = None
+    for key in ("test2016_greedy", "test2016_beam"):
+        score = r.get(key)
+        if score:
+            lines.append(
+                f"{'test2016 ' + score['decoder']:<18}sacreBLEU {score['bleu']:.2f} cased, "
+                f"{score['bleu_lowercase']:.2f} lower-cased ({score['sentences']} sentences)"
+            )
+            signature = score["signature"]
+    if signature is None:
+        lines.append(f"{'test2016':<18}not scored")
+    else:
+        lines.append(f"{'signature':<18}{signature}")
+    return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Tests that keep the project's set-up files consistent with each other."""
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -96,3 +97,18 @@ def test_the_gpu_script_imports_with_torch_tokenizers_and_sacrebleu_alone():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_the_instructors_timetable_counts_the_words_of_each_notebook():
+    spec = importlib.util.spec_from_file_location("time_lessons", ROOT / "tools" / "time_lessons.py")  # fmt: skip
+    time_lessons = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(time_lessons)
+    guide = (ROOT / "docs" / "instructors.md").read_text()
+    rows = re.findall(r"^\| (\d\d) [^|]+\|(?:[^|]*\|){3} ([\d,]+) \| ([\d,—]+) \|", guide, re.M)
+    lessons = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert [nn for nn, _, _ in rows] == [p.name[:2] for p in lessons]
+    for (nn, lesson_words, exercise_words), lesson in zip(rows, lessons, strict=True):
+        assert int(lesson_words.replace(",", "")) == time_lessons.prose_words(lesson), nn
+        exercise = list((ROOT / "exercises").glob(f"{nn}_*.ipynb"))
+        expected = f"{time_lessons.prose_words(exercise[0]):,}" if exercise else "—"
+        assert exercise_words == expected, nn

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -224,6 +225,27 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
     assert gpu_results_summary(out / "absent.json") is None
     assert gpu_run.peak_flops("NVIDIA H100 80GB HBM3") == ("H100 SXM", 989e12)
     assert gpu_run.peak_flops("NVIDIA H100 PCIe")[0] == "H100 PCIe"
+
+
+def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_path, data_root):
+    out = tmp_path / "out"
+    env = {**os.environ, "TFX_COURSE_DATA": str(data_root), "PRESETS": "gpu-base gpu-small"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "0.05", str(out), "--smoke", "--run-dir", str(tmp_path / "run")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and {"machine.txt", "log.txt", "gpu_base_smoke.json"} <= set(files)
+    log = (out / "log.txt").read_text()
+    assert log.count("test2016 beam BLEU") == 2 and "== gpu-base" in log and "== gpu-small" in log
+    assert "python " in (out / "machine.txt").read_text()
+    missing = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "1", str(out)],
+        cwd=REPO, env={**env, "TFX_COURSE_DATA": str(tmp_path / "nothing")}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no Multi30k in" in missing.stderr
 
 
 @pytest.mark.parametrize(

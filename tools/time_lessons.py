@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,13 @@ DEFAULT = [
     *sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
     *sorted((ROOT / "exercises" / "solutions").glob("[0-9][0-9]_*.ipynb")),
 ]
+
+
+def prose_words(path: Path) -> int:
+    """Count the words in a notebook's Markdown cells (the timetable's guide to length)."""
+    nb = nbformat.read(path, as_version=4)
+    text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    return len(re.findall(r"[A-Za-z0-9']+", text))
 
 
 def device_name() -> str:

@@ -12,19 +12,22 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from tfx_course.data.cache import atomic_open
 
-if TYPE_CHECKING:
-    from tfx_course.training import History, TrainConfig
-
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "unwrap_model"]
 
 CHECKPOINT_FORMAT = 1
+
+
+class Storable(Protocol):
+    """What a checkpoint stores of a config or a history (``TrainConfig``, ``History``)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -53,8 +56,8 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     step: int = 0,
     *,
-    train_config: TrainConfig | None = None,
-    history: History | None = None,
+    train_config: Storable | None = None,
+    history: Storable | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write model, optimizer and scheduler states, step and configs to ``path`` atomically.

@@ -255,8 +255,13 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = Path(args.run_dir or REPO / "runs" / name)
     out = Path(args.out)
     plan = None
-    if args.budget_minutes is not None and not args.resume:
+    plan_file = run_dir / "plan.json"  # a resumed run keeps the schedule it was planned with
+    if args.resume and plan_file.exists():
+        plan = json.loads(plan_file.read_text())
+    elif args.budget_minutes is not None:
         plan = plan_steps(preset, 60.0 * args.budget_minutes, device, args.data_root)
+        write_json(plan_file, plan)
+    if plan is not None:
         print(f"plan: {json.dumps(plan)}")
         train = dataclasses.replace(
             preset.train, max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"]

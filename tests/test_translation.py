@@ -227,6 +227,19 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
     assert gpu_run.peak_flops("NVIDIA H100 PCIe")[0] == "H100 PCIe"
 
 
+def test_gpu_script_resumes_with_the_schedule_it_planned(tmp_path, data_root):
+    gpu_run = _gpu_script()
+    argv = ["--smoke", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "run")]
+    argv += ["--data-root", str(data_root)]
+    # A budget far too small for the preset's 4 steps: the plan cuts the schedule to 1 step.
+    first = gpu_run.main([*argv, "--budget-minutes", "0.0001"])
+    assert first["plan"]["max_steps"] == 1 < first["plan"]["preset_max_steps"]
+    assert first["steps"] == 1 and first["finished_schedule"]
+    # Resuming must use the planned schedule, not the preset's (else the configs disagree).
+    again = gpu_run.main([*argv, "--resume"])
+    assert again["plan"] == first["plan"] and again["steps"] == 1 and again["finished_schedule"]
+
+
 def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_path, data_root):
     out = tmp_path / "out"
     env = {**os.environ, "TFX_COURSE_DATA": str(data_root), "PRESETS": "gpu-base gpu-small"}

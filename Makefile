@@ -7,6 +7,7 @@ LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 TORCH_PIN := $(shell grep -E '^torch==' $(LOCK))
 KERNEL := tfx-course
+NBGRADER_SERVER := formgrader validate_assignment assignment_list course_list
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 PIP_NOISE := ^WARNING: Location .* is ignored
 # Progress bars: draw only the first and last state, so stored notebook outputs are stable.
@@ -31,6 +32,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	set -o pipefail; $(PIP) -e ".[dev]" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	$(BIN)/python -c "import torch, tfx_course, nbval, jupyterlab"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (tfx_course)" >/dev/null
+	@# nbgrader is an instructors' tool (docs/instructors.md): keep its menus out of learners' lab.
+	@for ext in $(NBGRADER_SERVER); do \
+		$(BIN)/jupyter server extension disable --sys-prefix nbgrader.server_extensions.$$ext >/dev/null 2>&1 || exit 1; done
+	@$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,6 +1,7 @@
 """Tests that keep the project's set-up files consistent with each other."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -112,3 +113,14 @@ def test_the_instructors_timetable_counts_the_words_of_each_notebook():
         exercise = list((ROOT / "exercises").glob(f"{nn}_*.ipynb"))
         expected = f"{time_lessons.prose_words(exercise[0]):,}" if exercise else "—"
         assert exercise_words == expected, nn
+
+
+def test_setup_keeps_nbgrader_out_of_the_learners_jupyterlab():
+    # `make setup` (which every `make test` runs first) turns nbgrader's extensions off.
+    config = Path(sys.prefix) / "etc" / "jupyter"
+    page = json.loads((config / "labconfig" / "page_config.json").read_text())
+    assert page["disabledExtensions"].get("@jupyter/nbgrader") is True
+    servers = json.loads((config / "jupyter_server_config.d" / "nbgrader.json").read_text())
+    for name in servers["ServerApp"]["jpserver_extensions"]:  # each one switched off on its own
+        own = json.loads((config / "jupyter_server_config.d" / f"{name}.json").read_text())
+        assert own["ServerApp"]["jpserver_extensions"][name] is False, name

@@ -3,7 +3,7 @@
 #
 #   TFX_COURSE_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_machine.sh [BUDGET] [OUT] [ARGS]
 #
-# Needs only python with torch, tokenizers and sacrebleu; the package is used from this tree
+# Needs only python3 with torch, tokenizers and sacrebleu; the package is used from this tree
 # (PYTHONPATH=.), nothing is installed. The Multi30k files must already be in
 # $TFX_COURSE_DATA/multi30k (default .data/multi30k, which git ignores: copy them there).
 # Trains each preset of $PRESETS (default: gpu-base, then the candidate gpu-small), each planned
@@ -25,7 +25,7 @@ if [ ! -s "$TFX_COURSE_DATA/multi30k/train.de.gz" ]; then
 fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
-    python - <<'PY'
+    python3 - <<'PY'
 import sys, torch, tokenizers, sacrebleu
 print(f"python {sys.version.split()[0]} torch {torch.__version__} cuda {torch.version.cuda} "
       f"available {torch.cuda.is_available()} tokenizers {tokenizers.__version__} "
@@ -34,11 +34,11 @@ PY
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 # A planned run ends well inside this limit; it only stops one that hangs.
-limit=$(python -c "print(int(60 * $budget * 1.25 + 180))")
+limit=$(python3 -c "print(int(60 * $budget * 1.25 + 180))")
 status=0
 for preset in $presets; do
     echo "== $preset" | tee -a "$out/log.txt"
-    timeout "$limit" python benchmarks/gpu_run.py --preset "$preset" --budget-minutes "$budget" \
+    timeout "$limit" python3 benchmarks/gpu_run.py --preset "$preset" --budget-minutes "$budget" \
         --out "$out" "${@:3}" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' >>"$out/log.txt"
     code=${PIPESTATUS[0]}
     [ "$code" -ne 0 ] && status=$code && echo "$preset: exit $code" | tee -a "$out/log.txt"

@@ -11,7 +11,7 @@
 #   pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
 #       --platform manylinux_2_17_x86_64 -d .whl nbclient nbformat ipykernel
 # The Multi30k files must be in $TFX_COURSE_DATA/multi30k (default .data/multi30k).
-# Writes OUT/lesson_times.json (default $OUT, else results/) and prints a Markdown table.
+# Writes OUT/lesson_times_gpu.json (default $OUT, else results/) and prints a Markdown table.
 set -uo pipefail
 out=${1:-${OUT:-results}}
 wheels=${WHEELS:-.whl}
@@ -28,5 +28,5 @@ export PYTHONPATH=$root:$site${PYTHONPATH:+:$PYTHONPATH}
 export JUPYTER_PATH=$site/share/jupyter
 python3 -m ipykernel install --prefix "$site" --name tfx-course --display-name "Python (tfx_course)" \
     >/dev/null || exit 1
-python3 tools/time_lessons.py --out "$out/lesson_times.json" 2>&1 | tee "$out/lesson_times.log"
+python3 tools/time_lessons.py --out "$out/lesson_times_gpu.json" 2>&1 | tee "$out/lesson_times_gpu.log"
 exit "${PIPESTATUS[0]}"

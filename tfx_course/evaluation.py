@@ -10,6 +10,7 @@ BLEU is reported beside it for comparison with older tutorials that lower-case e
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,19 @@ __all__ = [
     "corpus_bleu",
     "TranslationEvaluation",
     "evaluate_translation",
+    "clipped_ngram_matches",
 ]
+
+
+def clipped_ngram_matches(hyp: Sequence[str], ref: Sequence[str], n: int) -> tuple[int, int]:
+    """Return BLEU's (clipped matches, total) of the n-grams of tokenized ``hyp`` against ``ref``.
+
+    Each hypothesis n-gram counts as a match at most as often as it occurs in the reference
+    (Papineni et al., 2002, "modified n-gram precision"); total is the number of hypothesis
+    n-grams. Summed over a corpus, these are the counts sacreBLEU divides.
+    """
+    grams = [Counter(tuple(t[i : i + n]) for i in range(len(t) - n + 1)) for t in (hyp, ref)]
+    return sum((grams[0] & grams[1]).values()), sum(grams[0].values())
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "05": ("feed_forward", "encoder_layer"),
     "06": ("target_mask", "decoder_layer"),
     "07": ("label_smoothing", "warmup_schedule", "greedy_decode"),
+    "08": ("pair_counts", "merge_pair"),
+    "10": ("length_penalty", "beam_step", "ngram_matches"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

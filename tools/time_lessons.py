@@ -2,6 +2,7 @@
 
     python tools/time_lessons.py --out results/lesson_times_cpu.json
     python tools/time_lessons.py --out "$OUT/lesson_times_gpu.json" --kernel python3
+    python tools/time_lessons.py --timetable results/lesson_times_cpu.json [GPU_JSON]
 
 Runs each notebook top to bottom in a fresh kernel (nothing is written back to it), records
 the seconds it took, whether it finished, and the device torch picks here, then prints a
@@ -66,6 +67,51 @@ def time_notebook(path: Path, kernel: str, timeout: int) -> dict:
     }
 
 
+TITLES = {
+    "00": "setup",
+    "01": "self-attention",
+    "02": "multi-head attention",
+    "03": "positional encoding",
+    "04": "residuals and LayerNorm",
+    "05": "encoder",
+    "06": "decoder",
+    "07": "the full Transformer",
+    "08": "tokenization and data",
+    "09": "training",
+    "10": "decoding and evaluation",
+}
+
+
+def timetable(cpu: dict, gpu: dict | None = None) -> str:
+    """Return the instructors' timetable (Markdown) from time_lessons results on CPU and GPU.
+
+    Reading and solving times stay blank: they are measured with a group, not a machine.
+    """
+
+    def seconds(result: dict | None, kind: str, lesson: str) -> str | None:
+        for row in (result or {}).get("notebooks", []):
+            if row["kind"] == kind and row["notebook"][:2] == lesson and row["error"] is None:
+                return f"{row['seconds']:.1f} s"
+        return None
+
+    lines = [
+        "| Lesson | Run time, CPU (2 cores) | Run time, GPU | Exercise run time, CPU "
+        "| Lesson prose (words) | Exercise prose (words) | Time to read | Time to solve |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lesson in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nn = lesson.name[:2]
+        exercise = sorted((ROOT / "exercises").glob(f"{nn}_*.ipynb"))
+        words = f"{prose_words(exercise[0]):,}" if exercise else "—"
+        run = seconds(cpu, "exercise solution", nn) or "— (no exercise)"
+        lines.append(
+            f"| {nn} {TITLES.get(nn, lesson.stem[3:])} | {seconds(cpu, 'lesson', nn) or 'not measured'} "
+            f"| {seconds(gpu, 'lesson', nn) or 'not measured'} | {run} "
+            f"| {prose_words(lesson):,} | {words} | | |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| notebook | kind | seconds | finished |", "|---|---|---|---|"]
     for r in rows:
@@ -79,7 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default="tfx-course", help="kernel name (default tfx-course)")
     p.add_argument("--timeout", type=int, default=600, help="seconds per cell (600)")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    p.add_argument(
+        "--timetable",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="print the instructors' timetable from a CPU results file (and a GPU one), run nothing",
+    )
     args = p.parse_args(argv)
+    if args.timetable:
+        results = [json.loads(path.read_text(encoding="utf-8")) for path in args.timetable[:2]]
+        print(timetable(*results))
+        return 0
     rows = []
     for path in args.notebooks or DEFAULT:
         rows.append(time_notebook(path, args.kernel, args.timeout))

@@ -7,7 +7,8 @@ raises because of the learner's code: an exception, a hang (time limit), a wrong
 shape or dtype, or NaN is reported as a failure with a sentence that says what to fix.
 
 One module per part of the course: ``attention`` (lesson 01), ``heads`` (02), ``blocks``
-(03-04), ``encoder_decoder`` (05-06) and ``training`` (07); ``core`` holds what they share.
+(03-04), ``encoder_decoder`` (05-06), ``training`` (07) and ``translation`` (08, 10); ``core``
+holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -41,12 +42,20 @@ from tfx_course.checks.training import (
     check_label_smoothing,
     check_warmup_schedule,
 )
+from tfx_course.checks.translation import (
+    check_beam_step,
+    check_length_penalty,
+    check_merge_pair,
+    check_ngram_matches,
+    check_pair_counts,
+)
 
 __all__ = [
     "CheckFailed",
     "CheckResult",
     "check_attention",
     "check_attention_scores",
+    "check_beam_step",
     "check_causal_mask",
     "check_decoder_layer",
     "check_embed_tokens",
@@ -55,10 +64,14 @@ __all__ = [
     "check_greedy_decode",
     "check_label_smoothing",
     "check_layer_norm",
+    "check_length_penalty",
     "check_masked_softmax",
     "check_merge_heads",
+    "check_merge_pair",
     "check_multi_head_attention",
+    "check_ngram_matches",
     "check_padding_mask",
+    "check_pair_counts",
     "check_post_ln_residual",
     "check_pre_ln_residual",
     "check_sinusoidal_encoding",

@@ -24,6 +24,8 @@ __all__ = [
     "MergeStep",
     "word_counts",
     "split_word",
+    "pair_counts",
+    "merge_pair",
     "learn_bpe",
     "merge_history",
     "apply_bpe",
@@ -73,7 +75,8 @@ def split_word(word: str) -> tuple[str, ...]:
     return (*word, END_OF_WORD)
 
 
-def _pair_counts(corpus: Mapping[tuple[str, ...], int]) -> Counter[Pair]:
+def pair_counts(corpus: Mapping[tuple[str, ...], int]) -> Counter[Pair]:
+    """Count every adjacent pair of symbols, each occurrence weighted by its word's count."""
     counts: Counter[Pair] = Counter()
     for symbols, freq in corpus.items():
         for pair in pairwise(symbols):
@@ -81,7 +84,7 @@ def _pair_counts(corpus: Mapping[tuple[str, ...], int]) -> Counter[Pair]:
     return counts
 
 
-def _merge_pair(symbols: Sequence[str], pair: Pair) -> tuple[str, ...]:
+def merge_pair(symbols: Sequence[str], pair: Pair) -> tuple[str, ...]:
     """Replace every non-overlapping occurrence of ``pair``, left to right, by one symbol."""
     out, i = [], 0
     while i < len(symbols):
@@ -107,11 +110,11 @@ def merge_history(
     alphabet_size = len({symbol for symbols in corpus for symbol in symbols})
     history = []
     for step in range(1, n_merges + 1):
-        pairs = _pair_counts(corpus)
+        pairs = pair_counts(corpus)
         if not pairs:
             break
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))  # most frequent, then sorted
-        corpus = {_merge_pair(symbols, best): count for symbols, count in corpus.items()}
+        corpus = {merge_pair(symbols, best): count for symbols, count in corpus.items()}
         n_tokens = sum(len(symbols) * count for symbols, count in corpus.items())
         merge = Merge(best, pairs[best])
         history.append(MergeStep(step, merge, alphabet_size + step, n_tokens))
@@ -133,7 +136,7 @@ def apply_bpe(word: str, merges: Sequence[Merge | Pair]) -> list[str]:
         raise ValueError(f"apply_bpe takes one word without spaces, got {word!r}")
     symbols = split_word(word)
     for merge in merges:
-        symbols = _merge_pair(symbols, merge.pair if isinstance(merge, Merge) else tuple(merge))
+        symbols = merge_pair(symbols, merge.pair if isinstance(merge, Merge) else tuple(merge))
     return list(symbols)
 
 

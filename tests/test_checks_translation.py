@@ -68,15 +68,11 @@ def _merge(symbols, pair, *, first_only=False, overlap=False, sep=""):
 
 
 def _merge_right(symbols, pair):
-    out = list(symbols)
-    i = len(out) - 2
-    while i >= 0:
-        if (out[i], out[i + 1]) == pair:
-            out[i : i + 2] = [out[i] + out[i + 1]]
-            i -= 2
-        else:
-            i -= 1
-    return tuple(out)
+    if len(symbols) < 2:
+        return tuple(symbols)
+    if (symbols[-2], symbols[-1]) == pair:
+        return (*_merge_right(symbols[:-2], pair), symbols[-2] + symbols[-1])
+    return (*_merge_right(symbols[:-1], pair), symbols[-1])
 
 
 def _merge_recursive(symbols, pair):

@@ -44,6 +44,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "06": ("target_mask", "decoder_layer"),
     "07": ("label_smoothing", "warmup_schedule", "greedy_decode"),
     "08": ("pair_counts", "merge_pair"),
+    "09": ("clip_grad_norm", "adamw_step", "cosine_lr"),
     "10": ("length_penalty", "beam_step", "ngram_matches"),
 }
 

@@ -7,8 +7,8 @@ raises because of the learner's code: an exception, a hang (time limit), a wrong
 shape or dtype, or NaN is reported as a failure with a sentence that says what to fix.
 
 One module per part of the course: ``attention`` (lesson 01), ``heads`` (02), ``blocks``
-(03-04), ``encoder_decoder`` (05-06), ``training`` (07) and ``translation`` (08, 10); ``core``
-holds what they share.
+(03-04), ``encoder_decoder`` (05-06), ``training`` (07), ``optimization`` (09) and
+``translation`` (08, 10); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -37,6 +37,11 @@ from tfx_course.checks.encoder_decoder import (
     check_target_mask,
 )
 from tfx_course.checks.heads import check_merge_heads, check_multi_head_attention, check_split_heads
+from tfx_course.checks.optimization import (
+    check_adamw_step,
+    check_clip_grad_norm,
+    check_cosine_lr,
+)
 from tfx_course.checks.training import (
     check_greedy_decode,
     check_label_smoothing,
@@ -53,10 +58,13 @@ from tfx_course.checks.translation import (
 __all__ = [
     "CheckFailed",
     "CheckResult",
+    "check_adamw_step",
     "check_attention",
     "check_attention_scores",
     "check_beam_step",
     "check_causal_mask",
+    "check_clip_grad_norm",
+    "check_cosine_lr",
     "check_decoder_layer",
     "check_embed_tokens",
     "check_encoder_layer",

@@ -1,0 +1,178 @@
+"""Lesson 09's checks: planted bugs are named, other correct implementations pass, and the
+references agree with PyTorch's own clipping, AdamW and the course's scheduler."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from check_helpers import planted_bug_tests
+
+from tfx_course import checks
+from tfx_course.checks.optimization import adamw_reference
+from tfx_course.training import TrainConfig, make_scheduler
+
+# --- clip_grad_norm -------------------------------------------------------------------
+
+
+def _clip(grads, max_norm, *, per_tensor=False, always=False, sum_norms=False, squared=False, after=False):  # fmt: skip
+    norms = [g.norm() for g in grads]
+    if per_tensor:
+        out = [g * min(1.0, max_norm / float(n)) for g, n in zip(grads, norms, strict=True)]
+        return out, math.sqrt(sum(float(n) ** 2 for n in norms))
+    total = sum(norms) if sum_norms else torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    if squared:
+        total = total**2
+    factor = max_norm / float(total) if always else min(1.0, max_norm / float(total))
+    out = [g * factor for g in grads]
+    if after:
+        return out, torch.sqrt(sum(g.pow(2).sum() for g in out))
+    return out, float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+
+
+def _clip_torch(grads, max_norm):
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return [p.grad for p in params], norm
+
+
+def _clip_cat(grads, max_norm):
+    total = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return [g * scale for g in grads], total
+
+
+def _clip_inplace(grads, max_norm):
+    total = math.sqrt(sum((g * g).sum().item() for g in grads))
+    if total > max_norm:
+        for g in grads:
+            g.mul_(max_norm / total)
+    return grads, total
+
+
+# --- adamw_step -----------------------------------------------------------------------
+
+
+def _adamw(p, g, m, v, step, lr, betas, eps, weight_decay, **bug):
+    return adamw_reference(p, g, m, v, step, lr, betas, eps, weight_decay, **bug)
+
+
+def _adamw_torch(p, g, m, v, step, lr, betas, eps, weight_decay):
+    param = torch.nn.Parameter(p.clone())
+    opt = torch.optim.AdamW([param], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    param.grad = g.clone()
+    opt.state[param] = {"step": torch.tensor(float(step - 1)), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}  # fmt: skip
+    opt.step()
+    state = opt.state[param]
+    return param.detach(), state["exp_avg"], state["exp_avg_sq"]
+
+
+def _adamw_written_out(p, g, m, v, step, lr, betas, eps, weight_decay):
+    b1, b2 = betas
+    m = m.mul(b1).add(g, alpha=1 - b1)
+    v = v.mul(b2).addcmul(g, g, value=1 - b2)
+    step_size = lr / (1 - b1**step)
+    denom = v.sqrt() / math.sqrt(1 - b2**step) + eps
+    p = p.mul(1 - lr * weight_decay).addcdiv(m, denom, value=-step_size)
+    return p, m, v
+
+
+# --- cosine_lr ------------------------------------------------------------------------
+
+
+def _cos(step, lr, warmup, max_steps, min_ratio, *, bug=None):
+    if step <= warmup:
+        return lr * ((step - 1) if bug == "zero" else step) / warmup
+    start = 0 if bug == "whole" else warmup
+    progress = (step - start) / (max_steps - start)
+    if bug != "unclamped":
+        progress = min(progress, 1.0)
+    part = 1 - progress if bug == "linear" else (1 + math.cos(math.pi * progress)) / 2
+    floor = 0 if bug == "floor" else min_ratio
+    return lr * (floor + (1 - floor) * part)
+
+
+def _cos_scheduler(step, lr, warmup, max_steps, min_ratio):
+    # The course's own LambdaLR, stepped to `step`: what training actually uses.
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    config = TrainConfig(lr=lr, max_steps=max_steps, warmup_steps=warmup, schedule="cosine", min_lr_ratio=min_ratio)  # fmt: skip
+    sched = make_scheduler(opt, config)
+    for _ in range(step - 1):
+        opt.step()
+        sched.step()
+    return opt.param_groups[0]["lr"]
+
+
+def _cos_tensor(step, lr, warmup, max_steps, min_ratio):
+    s = torch.tensor(float(step))
+    warm = s / warmup
+    progress = ((s - warmup) / (max_steps - warmup)).clamp(0, 1)
+    decay = min_ratio + (1 - min_ratio) * 0.5 * (1 + torch.cos(torch.pi * progress))
+    return lr * torch.where(s <= warmup, warm, decay)
+
+
+BUGS = {
+    "clip_grad_norm": [
+        (lambda g, n: _clip(g, n, per_tensor=True), "clipped on its own"),
+        (lambda g, n: _clip(g, n, always=True), "must stay as they are"),
+        (lambda g, n: _clip(g, n, sum_norms=True), "not the sum of the tensors' norms"),
+        (lambda g, n: _clip(g, n, squared=True), "take the square root"),
+        (lambda g, n: _clip(g, n, after=True), "the norm before clipping"),
+        (lambda g, n: _clip(g, n)[0], "one clipped tensor per gradient"),
+        (lambda g, n: (_clip(g, n)[0], "five"), "one number"),
+    ],
+    "adamw_step": [
+        (lambda *a, **k: _adamw(*a, **k, decoupled=False), "L2 penalty"),
+        (lambda *a, **k: _adamw(*a, **k, bias_correction=False), "bias correction"),
+        (lambda *a, **k: _adamw(*a, **k, eps_inside=True), "after the square root"),
+        (lambda *a, **k: _adamw(*a, **k, square=False), "squared gradient"),
+        (lambda *a, **k: _adamw(*a, **k, first_step=0), "step counts from 1"),
+        (lambda *a, **k: _adamw(*a, **k)[0], "three tensors"),
+    ],
+    "cosine_lr": [
+        (lambda *a: _cos(*a, bug="zero"), "step 1 gets lr / warmup_steps"),
+        (lambda *a: _cos(*a, bug="floor"), "not to 0"),
+        (lambda *a: _cos(*a, bug="whole"), "from the end of warmup"),
+        (lambda *a: _cos(*a, bug="linear"), "half a cosine"),
+        (lambda *a: _cos(*a, bug="unclamped"), "clamp progress"),
+        (lambda *a: "fast", "one number"),
+    ],
+}
+
+ALTERNATIVES = {
+    "clip_grad_norm": [_clip, _clip_torch, _clip_cat, _clip_inplace],
+    "adamw_step": [_adamw, _adamw_torch, _adamw_written_out],
+    "cosine_lr": [_cos, _cos_scheduler, _cos_tensor],
+}
+
+CHECKS = {name: getattr(checks, f"check_{name}") for name in BUGS}
+
+test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
+    BUGS, ALTERNATIVES, CHECKS
+)
+
+
+def test_adamw_reference_follows_torch_over_several_steps():
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(5, generator=gen)
+    param = torch.nn.Parameter(start.clone())
+    opt = torch.optim.AdamW([param], lr=0.05, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.1)
+    p, m, v = start.clone(), torch.zeros(5), torch.zeros(5)
+    for step in range(1, 6):
+        grad = torch.randn(5, generator=gen)
+        param.grad = grad.clone()
+        opt.step()
+        p, m, v = adamw_reference(p, grad, m, v, step, 0.05, (0.9, 0.98), 1e-8, 0.1)
+        torch.testing.assert_close(p, param.detach())
+        torch.testing.assert_close(v, opt.state[param]["exp_avg_sq"])
+
+
+def test_hanging_and_raising_answers_fail_without_crashing():
+    def hang(*args, **kwargs):
+        while True:
+            pass
+
+    assert "did not return within 0.5 s" in checks.check_adamw_step(hang, timeout=0.5).message
+    assert "raised ZeroDivisionError" in checks.check_cosine_lr(lambda *a: 1 / 0).message

@@ -2,7 +2,7 @@
 # Time every lesson and exercise solution on a GPU machine without network: the GPU column of
 # the instructors' timetable (docs/instructors.md).
 #
-#   bash benchmarks/gpu_lessons.sh [OUT]
+#   bash benchmarks/gpu_lessons.sh [OUT] [NOTEBOOK ...]   (default: every lesson and solution)
 #
 # Needs python with torch, tokenizers, sacrebleu and matplotlib. The notebook tools (nbclient,
 # nbformat, ipykernel and what they need) are installed from wheels in $WHEELS (default .whl,
@@ -28,5 +28,5 @@ export PYTHONPATH=$root:$site${PYTHONPATH:+:$PYTHONPATH}
 export JUPYTER_PATH=$site/share/jupyter
 python3 -m ipykernel install --prefix "$site" --name tfx-course --display-name "Python (tfx_course)" \
     >/dev/null || exit 1
-python3 tools/time_lessons.py --out "$out/lesson_times_gpu.json" 2>&1 | tee "$out/lesson_times_gpu.log"
+python3 tools/time_lessons.py --out "$out/lesson_times_gpu.json" "${@:2}" 2>&1 | tee "$out/lesson_times_gpu.log"
 exit "${PIPESTATUS[0]}"

@@ -1,8 +1,11 @@
-"""Tests for tools/run_notebooks.py: stored outputs must not depend on timing."""
+"""Tests for the notebook tools: stored outputs must not depend on timing; timing runs record."""
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -74,3 +77,19 @@ def test_time_lessons_records_times_and_failures_without_touching_the_notebooks(
     assert "ZeroDivisionError" in rows["01_bad.ipynb"]["error"]
     assert result["total_seconds"] == round(sum(r["seconds"] for r in rows.values()), 1)
     assert result["device"] and (good.read_text(), bad.read_text()) == before
+
+
+def test_gpu_lessons_script_installs_a_kernel_and_times_the_notebooks_it_is_given(tmp_path):
+    # Without wheels (none at $WHEELS) it uses the packages at hand; the kernelspec it
+    # installs into a temporary prefix must be the one nbclient finds.
+    env = {**os.environ, "WHEELS": str(tmp_path / "no-wheels"), "TFX_COURSE_DATA": str(tmp_path)}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_lessons.sh", str(out), "notebooks/00_setup.ipynb"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((out / "lesson_times_gpu.json").read_text())
+    assert [r["notebook"] for r in result["notebooks"]] == ["00_setup.ipynb"]
+    assert result["notebooks"][0]["error"] is None and (out / "lesson_times_gpu.log").is_file()

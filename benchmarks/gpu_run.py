@@ -193,11 +193,13 @@ def plan_steps(
     }
 
 
-def replot(history_path: str | Path, title: str = "Multi30k de-en, gpu-base") -> Path:
+def replot(history_path: str | Path) -> Path:
     """Draw ``<name>_curves.png`` next to a ``<name>_history.json`` written by this script."""
     history_path = Path(history_path)
     history = History.from_dict(json.loads(history_path.read_text()))
-    target = history_path.with_name(history_path.name.replace("_history.json", "_curves.png"))
+    name = history_path.name.removesuffix("_history.json")
+    target = history_path.with_name(f"{name}_curves.png")
+    title = f"Multi30k de-en, {name.replace('_', '-')}"
     return save_curves(history, target, title=title)
 
 

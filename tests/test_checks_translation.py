@@ -84,20 +84,16 @@ def _merge_recursive(symbols, pair):
 
 
 def _merge_list(symbols, pair):
-    out = []
-    for s in symbols:
-        if out and (out[-1], s) == pair and not getattr(out, "just_merged", False):
-            out[-1] = out[-1] + s
-            out = _Flagged(out, True)
+    out, skip = [], False
+    for i, symbol in enumerate(symbols):
+        if skip:
+            skip = False
+        elif i + 1 < len(symbols) and (symbol, symbols[i + 1]) == pair:
+            out.append(symbol + symbols[i + 1])
+            skip = True
         else:
-            out = _Flagged([*out, s], False)
-    return list(out)
-
-
-class _Flagged(list):
-    def __init__(self, items, just_merged):
-        super().__init__(items)
-        self.just_merged = just_merged
+            out.append(symbol)
+    return out  # a list is accepted as well as a tuple
 
 
 def _merge_tuples(symbols, pair):

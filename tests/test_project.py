@@ -125,3 +125,12 @@ def test_setup_keeps_nbgrader_out_of_the_learners_jupyterlab():
     for name in servers["ServerApp"]["jpserver_extensions"]:  # each one switched off on its own
         own = json.loads((config / "jupyter_server_config.d" / f"{name}.json").read_text())
         assert own["ServerApp"]["jpserver_extensions"][name] is False, name
+
+
+def test_readme_lists_every_exercise_of_every_lesson():
+    from tfx_course.exercises import LESSONS
+
+    readme = (ROOT / "README.md").read_text()
+    for lesson, names in LESSONS.items():
+        row = f"| {lesson} | " + ", ".join(f"`{n}`" for n in names) + " |"
+        assert row in readme, f"README's exercise table lacks or misstates lesson {lesson}"

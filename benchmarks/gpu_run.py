@@ -28,7 +28,6 @@ the encoder's parameters see the source tokens, about as many as the target toke
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -53,6 +52,7 @@ from tfx_course.training import (
 )
 from tfx_course.translation import (
     Preset,
+    TranslationData,
     bleu_of,
     build_model,
     get_preset,
@@ -146,7 +146,7 @@ def plan_steps(
     preset: Preset,
     budget_seconds: float,
     device: torch.device,
-    data_root: str | None = None,
+    data: TranslationData,
     timing_steps: int = 20,
 ) -> dict:
     """Time training steps and one validation of ``preset`` on ``device``; fit the schedule.
@@ -155,7 +155,6 @@ def plan_steps(
     ``budget_seconds`` (at most the preset's ``max_steps``, at least 1) and the warmup scaled
     by the same factor. The timing model is a throwaway copy, freed before training starts.
     """
-    data = prepare_data(preset, data_root)
     model = build_model(preset, data.tokenizer.vocab_size, preset.train.seed).to(device)
     optimizer = make_optimizer(model, preset.train)
     scheduler = make_scheduler(optimizer, preset.train)
@@ -256,19 +255,17 @@ def main(argv: list[str] | None = None) -> dict:
     name = "gpu_base_smoke" if args.smoke else args.preset.replace("-", "_")
     run_dir = Path(args.run_dir or REPO / "runs" / name)
     out = Path(args.out)
-    plan = None
+    plan, data = None, None
     plan_file = run_dir / "plan.json"  # a resumed run keeps the schedule it was planned with
     if args.resume and plan_file.exists():
         plan = json.loads(plan_file.read_text())
-    elif args.budget_minutes is not None:
-        plan = plan_steps(preset, 60.0 * args.budget_minutes, device, args.data_root)
+    elif args.budget_minutes is not None and not args.resume:
+        data = prepare_data(preset, args.data_root)  # planned on, then trained on
+        plan = plan_steps(preset, 60.0 * args.budget_minutes, device, data)
         write_json(plan_file, plan)
     if plan is not None:
         print(f"plan: {json.dumps(plan)}")
-        train = dataclasses.replace(
-            preset.train, max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"]
-        )
-        preset = dataclasses.replace(preset, train=train)
+        preset = preset.replace(max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"])
     max_minutes = args.max_minutes
     if args.budget_minutes is not None:  # a safety net only: the plan should end sooner
         max_minutes = min(max_minutes, 1.25 * args.budget_minutes)
@@ -280,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         device=device,
         data_root=args.data_root,
         progress=not args.smoke,
+        data=data,
     )
     train_wall = time.perf_counter() - started
     device_name = summary["device"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 # the last bits of a logit, and a near-tie flips); over 100 sentences that moves BLEU by a few
 # tenths at most, while a broken model or tokenizer moves it by many points.
 BLEU_TOLERANCE = 0.5
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    env = os.environ.get("TFX_COURSE_DATA")
-    root = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (root / "multi30k").is_dir():
-        pytest.fail(f"Multi30k not found in {root / 'multi30k'}: set TFX_COURSE_DATA")
-    return root
 
 
 def _without_version(signature: str) -> str:

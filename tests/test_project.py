@@ -1,6 +1,5 @@
 """Tests that keep the project's set-up files consistent with each other."""
 
-import importlib.util
 import json
 import os
 import re
@@ -100,12 +99,10 @@ def test_the_gpu_script_imports_with_torch_tokenizers_and_sacrebleu_alone():
     assert done.returncode == 0, done.stderr
 
 
-def test_the_instructors_timetable_is_the_one_the_timing_results_give():
+def test_the_instructors_timetable_is_the_one_the_timing_results_give(load_script):
     # Run times from results/lesson_times_cpu.json, prose lengths from the notebooks as they
     # are now: editing a lesson or an exercise without updating the guide fails here.
-    spec = importlib.util.spec_from_file_location("time_lessons", ROOT / "tools" / "time_lessons.py")  # fmt: skip
-    time_lessons = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(time_lessons)
+    time_lessons = load_script("tools/time_lessons.py")
     cpu = json.loads((ROOT / "results" / "lesson_times_cpu.json").read_text())
     gpu_file = ROOT / "results" / "lesson_times_gpu.json"
     gpu = json.loads(gpu_file.read_text()) if gpu_file.exists() else None

@@ -59,10 +59,10 @@ def test_stream_chunks_are_merged_and_other_outputs_kept():
     assert nb.metadata["kernelspec"]["name"] == "tfx-course"
 
 
-def test_time_lessons_records_times_and_failures_without_touching_the_notebooks(tmp_path):
-    spec = importlib.util.spec_from_file_location("time_lessons", ROOT / "tools" / "time_lessons.py")  # fmt: skip
-    time_lessons = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(time_lessons)
+def test_time_lessons_records_times_and_failures_without_touching_the_notebooks(
+    tmp_path, load_script
+):
+    time_lessons = load_script("tools/time_lessons.py")
     good, bad = tmp_path / "00_good.ipynb", tmp_path / "01_bad.ipynb"
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1 + 1")]), good)
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 / 0")]), bad)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -37,18 +36,6 @@ from tfx_course.translation import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    env = os.environ.get("TFX_COURSE_DATA")
-    root = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (root / "multi30k").is_dir():
-        pytest.fail(
-            f"Multi30k not found in {root / 'multi30k'}: set TFX_COURSE_DATA to a folder "
-            "holding multi30k/*.gz (or put that folder in ../shared/data beside the repository)"
-        )
-    return root
 
 
 def _tiny(**changes) -> Preset:
@@ -182,15 +169,8 @@ def test_cli_train_parses_its_options():
     assert args.func.__name__ == "_train"
 
 
-def _gpu_script():
-    spec = importlib.util.spec_from_file_location("gpu_run", REPO / "benchmarks" / "gpu_run.py")
-    gpu_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_run)
-    return gpu_run
-
-
-def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypatch):
-    gpu_run = _gpu_script()
+def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypatch, load_script):
+    gpu_run = load_script("benchmarks/gpu_run.py")
     out = tmp_path / "results"
     argv = ["--smoke", "--out", str(out), "--run-dir", str(tmp_path / "run")]
     # A bare GPU machine has no matplotlib: the run must still finish, then --replot draws.
@@ -227,8 +207,8 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
     assert gpu_run.peak_flops("NVIDIA H100 PCIe")[0] == "H100 PCIe"
 
 
-def test_gpu_script_resumes_with_the_schedule_it_planned(tmp_path, data_root):
-    gpu_run = _gpu_script()
+def test_gpu_script_resumes_with_the_schedule_it_planned(tmp_path, data_root, load_script):
+    gpu_run = load_script("benchmarks/gpu_run.py")
     argv = ["--smoke", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "run")]
     argv += ["--data-root", str(data_root)]
     # A budget far too small for the preset's 4 steps: the plan cuts the schedule to 1 step.
@@ -265,8 +245,10 @@ def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_pa
     ("budget", "per_step", "per_validation", "eval_every"),
     [(100.0, 0.1, 10.0, 100), (420.0, 0.05, 3.0, 325), (60.0, 0.2, 1.0, 20), (5.0, 1.0, 10.0, 50)],
 )
-def test_gpu_plan_fills_the_budget_without_passing_it(budget, per_step, per_validation, eval_every):
-    steps_within = _gpu_script().steps_within
+def test_gpu_plan_fills_the_budget_without_passing_it(
+    budget, per_step, per_validation, eval_every, load_script
+):
+    steps_within = load_script("benchmarks/gpu_run.py").steps_within
 
     def cost(n: int) -> float:
         return n * per_step + (n / eval_every + 1) * per_validation

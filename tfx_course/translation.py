@@ -314,6 +314,7 @@ def train_translation(
     device: str | torch.device | None = None,
     data_root: str | os.PathLike | None = None,
     progress: bool = True,
+    data: TranslationData | None = None,
 ) -> dict[str, Any]:
     """Train ``preset`` into the folder ``out``; return a summary (also written to run.json).
 
@@ -321,16 +322,18 @@ def train_translation(
     and at the end), ``history.json``, ``curves.png`` and ``run.json``. With ``resume`` a run
     stopped part-way (killed, or ``max_minutes`` reached) continues from its last checkpoint
     with the same tokenizer, step, optimizer and schedule. ``stop_after`` ends this call at
-    that step (continue later with ``resume=True``).
+    that step (continue later with ``resume=True``). ``data`` is ``prepare_data``'s result for
+    this preset when the caller has it already (a fresh run only: its tokenizer is saved).
     """
     out = Path(out)
     device, distributed, created = _start_distributed(torch.device(device) if device else None)
     lead = not distributed or dist.get_rank() == 0
     tokenizer_path = out / "tokenizer.json"
-    tokenizer = (
-        SubwordTokenizer.load(tokenizer_path) if resume and tokenizer_path.exists() else None
-    )
-    data = prepare_data(preset, data_root, tokenizer)
+    if data is None:
+        tokenizer = (
+            SubwordTokenizer.load(tokenizer_path) if resume and tokenizer_path.exists() else None
+        )
+        data = prepare_data(preset, data_root, tokenizer)
     if lead:
         data.tokenizer.save(tokenizer_path)
     model = build_model(preset, data.tokenizer.vocab_size, preset.train.seed).to(device)

@@ -57,7 +57,8 @@ def time_notebook(path: Path, kernel: str, timeout: int) -> dict:
     try:
         client.execute()
     except Exception as err:  # a failing notebook is a result too: record it, go on
-        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err).strip() else ''}"  # fmt: skip
+        last_line = (str(err).strip().splitlines() or [""])[-1]
+        error = f"{type(err).__name__}: {last_line[:300]}"
     kind = "exercise solution" if path.parent.name == "solutions" else "lesson"
     return {
         "notebook": path.name,

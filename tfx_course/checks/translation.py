@@ -261,7 +261,10 @@ def _beam_inputs(gen: torch.Generator, B: int, K: int, V: int) -> tuple[Tensor, 
 
 def _beam_bug_outputs(scores: Tensor, log_probs: Tensor, k: int) -> dict[str, Tensor]:
     B, K, V = log_probs.shape
-    flat = lambda t: t.reshape(B, K * V)  # noqa: E731
+
+    def flat(t: Tensor) -> Tensor:
+        return t.reshape(B, K * V)  # (B, K * V): one row per sentence
+
     return {
         "add each hypothesis's running score to its next-token log-probabilities before "
         "choosing: scores[..., None] + log_probs": flat(log_probs).topk(k, dim=1).values,

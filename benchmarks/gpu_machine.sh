@@ -7,7 +7,8 @@
 # (PYTHONPATH=.), nothing is installed. The Multi30k files must already be in
 # $TFX_COURSE_DATA/multi30k (default .data/multi30k, which git ignores: copy them there).
 # Trains each preset of $PRESETS (default: gpu-base, then the candidate gpu-small), each planned
-# to end within BUDGET minutes (default 3), and scores it. Everything lands in OUT (default $OUT,
+# to end within BUDGET minutes (default 3; 0 trains the preset's whole schedule, as the
+# reference run did: PRESETS=gpu-base bash benchmarks/gpu_machine.sh 0), and scores it. Everything lands in OUT (default $OUT,
 # else results/), eight files at most: machine.txt (GPU, driver, library versions), log.txt, and
 # per preset NAME.json, NAME_history.json and NAME_curves.png (without matplotlib, draw the
 # curves afterwards: python benchmarks/gpu_run.py --replot results/NAME_history.json).
@@ -34,11 +35,13 @@ PY
 } >"$out/machine.txt"
 cat "$out/machine.txt"
 # A planned run ends well inside this limit; it only stops one that hangs.
-limit=$(python3 -c "print(int(60 * $budget * 1.25 + 180))")
+# (gpu_run.py stops training after --max-minutes, 10 by default, whatever the plan.)
+if [ "$budget" = 0 ]; then plan=(); minutes=10; else plan=(--budget-minutes "$budget"); minutes=$budget; fi
+limit=$(python3 -c "print(int(60 * $minutes * 1.25 + 180))")
 status=0
 for preset in $presets; do
     echo "== $preset" | tee -a "$out/log.txt"
-    timeout "$limit" python3 benchmarks/gpu_run.py --preset "$preset" --budget-minutes "$budget" \
+    timeout "$limit" python3 benchmarks/gpu_run.py --preset "$preset" "${plan[@]}" \
         --out "$out" "${@:3}" 2>&1 | tr '\r' '\n' | grep -v '^\s*$' >>"$out/log.txt"
     code=${PIPESTATUS[0]}
     [ "$code" -ne 0 ] && status=$code && echo "$preset: exit $code" | tee -a "$out/log.txt"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "tools" / "run_notebooks.py")
@@ -77,6 +78,25 @@ def test_time_lessons_records_times_and_failures_without_touching_the_notebooks(
     assert "ZeroDivisionError" in rows["01_bad.ipynb"]["error"]
     assert result["total_seconds"] == round(sum(r["seconds"] for r in rows.values()), 1)
     assert result["device"] and (good.read_text(), bad.read_text()) == before
+
+
+def test_time_lessons_keeps_what_it_timed_when_a_run_is_stopped(tmp_path, monkeypatch, load_script):
+    time_lessons = load_script("tools/time_lessons.py")
+    timed = iter([{"notebook": "00_a.ipynb", "kind": "lesson", "seconds": 1.5, "error": None}])
+
+    def time_notebook(path, kernel, timeout):  # the second notebook hits the run's time limit
+        try:
+            return next(timed)
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(time_lessons, "time_notebook", time_notebook)
+    out = tmp_path / "times.json"
+    with pytest.raises(KeyboardInterrupt):
+        time_lessons.main(["00_a.ipynb", "01_b.ipynb", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [r["notebook"] for r in result["notebooks"]] == ["00_a.ipynb"]
+    assert result["total_seconds"] == 1.5 and not list(tmp_path.glob("*.tmp"))
 
 
 def test_gpu_lessons_script_installs_a_kernel_and_times_the_notebooks_it_is_given(tmp_path):

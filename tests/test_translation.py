@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,15 @@ def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_pa
     log = (out / "log.txt").read_text()
     assert log.count("test2016 beam BLEU") == 2 and "== gpu-base" in log and "== gpu-small" in log
     assert "python " in (out / "machine.txt").read_text()
+    assert json.loads((out / "gpu_base_smoke.json").read_text())["plan"]["budget_seconds"] == 3.0
+    whole = tmp_path / "whole"  # budget 0: the preset's whole schedule, no plan
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "0", str(whole), "--smoke", "--run-dir", str(tmp_path / "run0")],
+        cwd=REPO, env={**env, "PRESETS": "gpu-base"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    saved = json.loads((whole / "gpu_base_smoke.json").read_text())
+    assert saved["plan"] is None and saved["steps"] == 4 and saved["finished_schedule"]
     missing = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "1", str(out)],
         cwd=REPO, env={**env, "TFX_COURSE_DATA": str(tmp_path / "nothing")}, capture_output=True, text=True,
@@ -257,6 +267,24 @@ def test_gpu_plan_fills_the_budget_without_passing_it(
     assert steps == 1 or cost(steps) <= budget + 1e-9  # at least one step, even over budget
     assert cost(steps + 1) > budget
     assert steps_within(budget, per_step, per_validation, eval_every, max_steps=3) == min(3, steps)
+
+
+def test_gpu_plan_times_steps_after_the_slow_first_pass(data_root, monkeypatch, load_script):
+    gpu_run = load_script("benchmarks/gpu_run.py")
+    data = gpu_run.prepare_data(gpu_run.SMOKE, data_root)
+    seen: set[int] = set()
+
+    def step(model, batch, *args):  # like the GPU: a batch's first step is slow, later ones fast
+        time.sleep(0.002 if id(batch) in seen else 0.03)
+        seen.add(id(batch))
+
+    monkeypatch.setattr(gpu_run, "train_step", step)
+    monkeypatch.setattr(Seq2SeqBatch, "to", lambda self, device: self)
+    n = len(data.train_batches)
+    plan = gpu_run.plan_steps(gpu_run.SMOKE, 100.0, torch.device("cpu"), data)
+    assert plan["seconds_per_step"] < 0.01  # timed on batches already seen
+    assert plan["seconds_first_pass_extra"] >= n * 0.02  # the slow first pass, charged once
+    assert plan["steps_per_epoch"] == n and plan["max_steps"] == gpu_run.SMOKE.train.max_steps
 
 
 def test_export_course_checkpoint_scores_the_shipped_weights(tmp_path, data_root):

@@ -138,20 +138,23 @@ def main(argv: list[str] | None = None) -> int:
         results = [json.loads(path.read_text(encoding="utf-8")) for path in args.timetable[:2]]
         print(timetable(*results))
         return 0
-    rows = []
-    for path in args.notebooks or DEFAULT:
-        rows.append(time_notebook(path, args.kernel, args.timeout))
-        print(f"{path.name:<40} {rows[-1]['seconds']:7.1f} s  {rows[-1]['error'] or ''}", flush=True)  # fmt: skip
+    rows: list[dict] = []
     result = {
         "device": device_name(),
         "python": sys.version.split()[0],
         "torch": __import__("torch").__version__,
         "notebooks": rows,
-        "total_seconds": round(sum(r["seconds"] for r in rows), 1),
+        "total_seconds": 0.0,
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for path in args.notebooks or DEFAULT:
+        rows.append(time_notebook(path, args.kernel, args.timeout))
+        print(f"{path.name:<40} {rows[-1]['seconds']:7.1f} s  {rows[-1]['error'] or ''}", flush=True)  # fmt: skip
+        result["total_seconds"] = round(sum(r["seconds"] for r in rows), 1)
+        if args.out:  # after every notebook: a run stopped by a time limit keeps what it timed
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_name(args.out.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(args.out)
     print(markdown(rows))
     return 0 if all(r["error"] is None for r in rows) else 1
 

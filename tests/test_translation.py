@@ -31,6 +31,7 @@ from tfx_course.training import TrainConfig, load_checkpoint, shard_batch
 from tfx_course.translation import (
     PRESETS,
     Preset,
+    build_model,
     get_preset,
     prepare_data,
     train_translation,
@@ -301,3 +302,28 @@ def test_export_course_checkpoint_scores_the_shipped_weights(tmp_path, data_root
     assert again["bleu"] == pytest.approx(results["test2016_subset_greedy"]["bleu"])
     with pytest.raises(FileNotFoundError, match="model.pt, tokenizer.json not found"):
         load_course_model(tmp_path)
+
+
+def test_published_gpu_result_is_the_current_gpu_base_and_is_cited_as_measured():
+    results = json.loads((REPO / "results" / "gpu_base.json").read_text())
+    preset = get_preset("gpu-base").to_dict()
+    recorded = results["preset"]
+    # The run is the preset as it stands (only the wording of its description may change).
+    assert {k: v for k, v in recorded.items() if k != "description"} == {
+        k: json.loads(json.dumps(v)) for k, v in preset.items() if k != "description"
+    }
+    model = build_model(get_preset("gpu-base"), preset["vocab_size"], seed=0)
+    assert results["parameters"] == sum(p.numel() for p in model.parameters())
+    assert results["finished_schedule"] and results["steps"] == preset["train"]["max_steps"]
+    beam, greedy = results["test2016_beam"], results["test2016_greedy"]
+    assert beam["sentences"] == greedy["sentences"] == 1000
+    assert beam["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    history = json.loads((REPO / "results" / "gpu_base_history.json").read_text())
+    assert len(history["step"]) == results["steps"]
+    assert round(history["train_seconds"], 1) == results["train_seconds"]
+    readme = (REPO / "README.md").read_text()
+    lesson = (REPO / "notebooks" / "09_training.ipynb").read_text()
+    minutes = f"{results['train_seconds'] / 60:.1f} min"
+    for score in (f"{beam['bleu']:.2f}", f"{greedy['bleu']:.2f}"):
+        assert f"**{score}**" in readme and f"**{score}**" in lesson
+    assert minutes in readme and minutes.replace("min", "minutes") in lesson

@@ -96,7 +96,7 @@ def test_time_lessons_keeps_what_it_timed_when_a_run_is_stopped(tmp_path, monkey
         time_lessons.main(["00_a.ipynb", "01_b.ipynb", "--out", str(out)])
     result = json.loads(out.read_text())
     assert [r["notebook"] for r in result["notebooks"]] == ["00_a.ipynb"]
-    assert result["total_seconds"] == 1.5 and not list(tmp_path.glob("*.tmp"))
+    assert result["total_seconds"] == 1.5 and [p.name for p in tmp_path.iterdir()] == ["times.json"]
 
 
 def test_gpu_lessons_script_installs_a_kernel_and_times_the_notebooks_it_is_given(tmp_path):

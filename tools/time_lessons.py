@@ -22,6 +22,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from tfx_course.data.cache import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = [
     *sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
@@ -151,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.name:<40} {rows[-1]['seconds']:7.1f} s  {rows[-1]['error'] or ''}", flush=True)  # fmt: skip
         result["total_seconds"] = round(sum(r["seconds"] for r in rows), 1)
         if args.out:  # after every notebook: a run stopped by a time limit keeps what it timed
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_name(args.out.name + ".tmp")
-            tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-            tmp.replace(args.out)
+            atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(markdown(rows))
     return 0 if all(r["error"] is None for r in rows) else 1
 

@@ -9,9 +9,10 @@
 # Trains each preset of $PRESETS (default: gpu-base, then the candidate gpu-small), each planned
 # to end within BUDGET minutes (default 3; 0 trains the preset's whole schedule, as the
 # reference run did: PRESETS=gpu-base bash benchmarks/gpu_machine.sh 0), and scores it.
-# Everything lands in OUT (default $OUT, else results/), eight files at most: machine.txt (GPU, driver, library versions), log.txt, and
-# per preset NAME.json, NAME_history.json and NAME_curves.png (without matplotlib, draw the
-# curves afterwards: python benchmarks/gpu_run.py --replot results/NAME_history.json).
+# Everything lands in OUT (default $OUT, else results/), eight files at most: machine.txt (GPU,
+# driver, library versions), log.txt, and per preset NAME.json, NAME_history.json and
+# NAME_curves.png (without matplotlib, draw the curves afterwards:
+# python benchmarks/gpu_run.py --replot results/NAME_history.json).
 # ARGS go to gpu_run.py (e.g. --smoke to try the path on a CPU in seconds).
 set -uo pipefail
 budget=${1:-3}

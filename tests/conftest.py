@@ -1,12 +1,14 @@
 """Shared test settings and fixtures."""
 
 import importlib.util
-import os
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+
+from tfx_course.data.cache import data_home
+from tfx_course.data.multi30k import Multi30kError, download_multi30k
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,15 +28,21 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The folder holding multi30k/: $TFX_COURSE_DATA (CI sets it), else ../shared/data."""
-    env = os.environ.get("TFX_COURSE_DATA")
-    root = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (root / "multi30k").is_dir():
-        pytest.fail(
-            f"Multi30k not found in {root / 'multi30k'}: set TFX_COURSE_DATA to a folder "
-            "holding multi30k/*.gz (or put that folder in ../shared/data beside the repository)"
-        )
-    return root
+    """The folder holding multi30k/, found where the library looks and downloaded if missing.
+
+    That is ``$TFX_COURSE_DATA`` (CI points it at a verified copy) or the user cache
+    (``~/.cache/tfx_course``). Files already there are checked against their sha256; missing or
+    corrupt ones are downloaded (checksummed, with a progress bar). If that fails, the test run
+    stops with the library's own advice on what to do.
+    """
+    root = data_home()
+    try:
+        download_multi30k(root)
+    except Multi30kError as err:
+        problem = str(err)
+    else:
+        return root
+    pytest.fail(f"these tests need Multi30k in {root / 'multi30k'}. {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from a local HTTP server, so they never touch the network.
 
 import gzip
 import hashlib
-import os
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,28 +27,6 @@ from tfx_course.data.multi30k import (
 )
 from tfx_course.data.subword import train_subword_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _real_data_root() -> Path:
-    env = os.environ.get("TFX_COURSE_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def real_root() -> Path:
-    root = _real_data_root()
-    if not (root / "multi30k").is_dir():
-        reason = (
-            f"Multi30k not found in {root / 'multi30k'}: set TFX_COURSE_DATA to a folder "
-            "holding multi30k/*.gz (or put that folder in ../shared/data beside the repository)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the real-data tests. {reason}")
-        pytest.skip(reason)
-    return root
-
-
 # ---------------------------------------------------------------------------------------------
 # Real data (read only)
 
@@ -62,33 +39,33 @@ REAL = {
 
 
 @pytest.mark.parametrize("split", list(REAL))
-def test_real_split_sizes_and_lossless_reading(real_root, split):
-    pairs = load_multi30k(split, real_root)
+def test_real_split_sizes_and_lossless_reading(data_root, split):
+    pairs = load_multi30k(split, data_root)
     n, german_sha = REAL[split]
     assert len(pairs) == n
     german = "".join(de + "\n" for de, _ in pairs).encode("utf-8")
     assert hashlib.sha256(german).hexdigest() == german_sha  # every character read back
     stem = multi30k.SPLITS[split]
     for lang, side in (("de", 0), ("en", 1)):
-        with gzip.open(real_root / "multi30k" / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
+        with gzip.open(data_root / "multi30k" / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
             first = f.readline().rstrip("\n")
         assert pairs[0][side] == first
 
 
-def test_real_first_pairs(real_root):
-    assert load_multi30k("train", real_root)[0] == (
+def test_real_first_pairs(data_root):
+    assert load_multi30k("train", data_root)[0] == (
         "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche.",
         "Two young, White males are outside near many bushes.",
     )
     # SOURCE.md: line 15 of this val.de says "... auf ihrem Cello."
-    assert load_multi30k("val", real_root)[14][0].endswith("auf ihrem Cello.")
-    assert check_multi30k(real_root) == dict.fromkeys(multi30k.MULTI30K_FILES, "ok")
+    assert load_multi30k("val", data_root)[14][0].endswith("auf ihrem Cello.")
+    assert check_multi30k(data_root) == dict.fromkeys(multi30k.MULTI30K_FILES, "ok")
 
 
-def test_real_subword_round_trip(real_root):
-    train = load_multi30k("train", real_root)
+def test_real_subword_round_trip(data_root):
+    train = load_multi30k("train", data_root)
     tok = train_subword_tokenizer([s for pair in train for s in pair], vocab_size=8000)
-    held_out = load_multi30k("val", real_root) + load_multi30k("test2016", real_root)
+    held_out = load_multi30k("val", data_root) + load_multi30k("test2016", data_root)
     for de, en in held_out:
         assert tok.decode(tok.encode(de)) == de
         assert tok.decode(tok.encode(en)) == en
@@ -340,7 +317,7 @@ def test_cli_data_status_names_missing_files(tmp_path, capsys):
     assert "tfx-course data download" in out
 
 
-def test_cli_data_status_and_download_on_the_real_data(capsys, real_root):
-    assert main(["data", "status", "--root", str(real_root)]) == 0
-    assert main(["data", "download", "--root", str(real_root)]) == 0  # all there: no network
+def test_cli_data_status_and_download_on_the_real_data(capsys, data_root):
+    assert main(["data", "status", "--root", str(data_root)]) == 0
+    assert main(["data", "download", "--root", str(data_root)]) == 0  # all there: no network
     assert "all files present and verified" in capsys.readouterr().out

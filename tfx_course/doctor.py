@@ -12,7 +12,7 @@ import torch
 from tfx_course.data.cache import multi30k_status
 from tfx_course.device import fused_attention_kernels, pick_device, supports_bf16
 
-MIN_PYTHON = (3, 10)
+MIN_PYTHON = (3, 11)
 MIN_TORCH = (2, 11)
 
 
@@ -70,7 +70,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 def _findings() -> list[Finding]:
     py = platform.python_version()
-    py_advice = "" if sys.version_info[:2] >= MIN_PYTHON else "install Python 3.10 or newer"
+    py_advice = "" if sys.version_info[:2] >= MIN_PYTHON else "install Python 3.11 or newer (3.11.5+)"
     torch_advice = ""
     if _version_tuple(torch.__version__) < MIN_TORCH:
         torch_advice = "torch 2.11+ is needed: run `make lab` to build the course's .venv"

@@ -70,7 +70,9 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 def _findings() -> list[Finding]:
     py = platform.python_version()
-    py_advice = "" if sys.version_info[:2] >= MIN_PYTHON else "install Python 3.11 or newer (3.11.5+)"
+    py_advice = (
+        "" if sys.version_info[:2] >= MIN_PYTHON else "install Python 3.11 or newer (3.11.5+)"
+    )
     torch_advice = ""
     if _version_tuple(torch.__version__) < MIN_TORCH:
         torch_advice = "torch 2.11+ is needed: run `make lab` to build the course's .venv"

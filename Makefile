@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := $(shell grep -E '^torch==' $(LOCK))
 KERNEL := tfx-course
 NBGRADER_SERVER := formgrader validate_assignment assignment_list course_list
+# The JupyterLab plugin that asks "get notified about official Jupyter news?" at first start.
+NEWS_PLUGIN := @jupyterlab/apputils-extension:announcements
+LAB_QUIET := $(VENV)/.lab-quiet
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 PIP_NOISE := ^WARNING: Location .* is ignored
 # Progress bars: draw only the first and last state, so stored notebook outputs are stable.
@@ -38,7 +41,13 @@ $(STAMP): pyproject.toml $(LOCK)
 	@$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Learners' JupyterLab opens on the lesson, without the news pop-up (a separate stamp, so that an
+# existing .venv gets it too).
+$(LAB_QUIET): $(STAMP)
+	$(BIN)/jupyter labextension disable --level=sys_prefix "$(NEWS_PLUGIN)" >/dev/null 2>&1
+	touch $(LAB_QUIET)
+
+setup: $(STAMP) $(LAB_QUIET)
 
 lab: setup
 	@# Opens at the repository root (lessons in notebooks/, practice in exercises/), on lesson 00.
@@ -76,7 +85,9 @@ test: lint unit grade nbval-other-cpu nbval
 # (tfx.device.pick_device honours it); `make lab` lets the course pick the GPU.
 unit grade nbval nbval-other-cpu notebooks: export TFX_COURSE_DEVICE := cpu
 
+# The diagrams first: the lessons' Markdown shows notebooks/figures/*.svg.
 notebooks: setup
+	$(BIN)/python tools/diagrams.py
 	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
 
 # Does the lock install on every supported Python and platform? Asks the package index; no install.

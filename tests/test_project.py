@@ -124,6 +124,18 @@ def test_setup_keeps_nbgrader_out_of_the_learners_jupyterlab():
         assert own["ServerApp"]["jpserver_extensions"][name] is False, name
 
 
+def test_setup_turns_off_jupyterlabs_news_pop_up():
+    # `make setup` disables the plugin that asks "get notified about official Jupyter news?";
+    # this is the page config the lab server builds and serves to the browser.
+    from jupyter_core.paths import jupyter_path
+    from jupyterlab_server.config import get_page_config
+
+    served = get_page_config(jupyter_path("labextensions"), logger=None)
+    disabled = served.get("disabledExtensions", [])
+    assert "@jupyterlab/apputils-extension:announcements" in disabled, disabled
+    assert "@jupyter/nbgrader" in disabled, disabled
+
+
 def test_readme_lists_every_exercise_of_every_lesson():
     from tfx_course.exercises import LESSONS
 

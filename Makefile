@@ -85,9 +85,10 @@ test: lint unit grade nbval-other-cpu nbval
 # (tfx.device.pick_device honours it); `make lab` lets the course pick the GPU.
 unit grade nbval nbval-other-cpu notebooks: export TFX_COURSE_DEVICE := cpu
 
-# The diagrams first: the lessons' Markdown shows notebooks/figures/*.svg.
+# The diagrams and each lesson's closing links first: the lessons' Markdown shows and links them.
 notebooks: setup
 	$(BIN)/python tools/diagrams.py
+	$(BIN)/python tools/lesson_links.py
 	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
 
 # Does the lock install on every supported Python and platform? Asks the package index; no install.

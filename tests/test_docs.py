@@ -345,3 +345,21 @@ def test_every_reference_has_a_year_a_stable_link_and_the_lessons_that_use_it():
 @pytest.mark.parametrize("page", ["docs/glossary.md", "docs/references.md"])
 def test_the_readme_links_the_pages_around_the_lessons(page):
     assert f"]({page})" in (ROOT / "README.md").read_text()
+
+
+def test_every_lesson_ends_with_its_links_and_they_are_current(load_script):
+    # The last cell links the previous and next lesson, the exercise and the references;
+    # tools/lesson_links.py writes it from docs/references.md and the notebooks present.
+    lesson_links = load_script("tools/lesson_links.py")
+    assert lesson_links.main(["--check"]) == 0, "run python tools/lesson_links.py"
+    order = lesson_links.lessons()
+    for index, path in enumerate(order):
+        last = json.loads(path.read_text())["cells"][-1]
+        text = "".join(last["source"])
+        assert last["cell_type"] == "markdown" and text.startswith(lesson_links.MARKER), path.name
+        if index:
+            assert f"]({order[index - 1].name})" in text, f"{path.name}: no link to the previous"
+        if index + 1 < len(order):
+            assert f"]({order[index + 1].name})" in text, f"{path.name}: no link to the next"
+        if (ROOT / "exercises" / path.name).exists():
+            assert f"](../exercises/{path.name})" in text, f"{path.name}: no link to its exercise"

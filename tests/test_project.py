@@ -143,3 +143,17 @@ def test_readme_lists_every_exercise_of_every_lesson():
     for lesson, names in LESSONS.items():
         row = f"| {lesson} | " + ", ".join(f"`{n}`" for n in names) + " |"
         assert row in readme, f"README's exercise table lacks or misstates lesson {lesson}"
+
+
+def test_each_lesson_states_the_cpu_time_that_was_measured(load_script):
+    # The first cell says "about N s to run", N from results/lesson_times_cpu.json
+    # (`tools/time_lessons.py --stamp` writes it), so the stated time cannot drift.
+    time_lessons = load_script("tools/time_lessons.py")
+    cpu = json.loads((ROOT / "results" / "lesson_times_cpu.json").read_text())
+    measured = {r["notebook"]: r["seconds"] for r in cpu["notebooks"] if r["kind"] == "lesson"}
+    lessons = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert set(measured) == {p.name for p in lessons}, "time every lesson: tools/time_lessons.py"
+    for path in lessons:
+        first = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        stated = f"**Time**: CPU (2 cores): {time_lessons.stated_time(measured[path.name])} to run"
+        assert stated in first, f"{path.name} should state '{stated}'"

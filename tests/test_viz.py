@@ -4,6 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from types import SimpleNamespace  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -268,3 +270,36 @@ def test_plot_padding_accepts_any_counts_and_rejects_bad_input():
         viz.plot_padding({"a": (3, 4)})
     with pytest.raises(ValueError, match=r"stats\['b'\] counts 5 real tokens in 4 padded slots"):
         viz.plot_padding({"b": SimpleNamespace(real_tokens=5, padded_tokens=4)})
+
+
+def test_a_log_axis_spanning_less_than_a_decade_gets_plain_labels():
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [5.2, 6.0, 7.9])
+    ax.set_yscale("log")
+    viz.label_log_axis(ax)
+    fig.canvas.draw()
+    minor = [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
+    assert minor and all("times" not in t and "^" not in t for t in minor), minor
+    assert {"6", "7"} <= set(minor)
+    plt.close(fig)
+
+
+def test_a_log_axis_over_many_decades_keeps_its_minor_ticks_unlabelled():
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [1e-4, 1e-1, 3.0])
+    ax.set_yscale("log")
+    viz.label_log_axis(ax)
+    fig.canvas.draw()
+    assert not [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
+    assert "0.01" in [t.get_text() for t in ax.get_yticklabels()]
+    plt.close(fig)
+
+
+def test_a_single_validation_point_says_so_in_the_legend():
+    history = SimpleNamespace(
+        step=[1, 2, 3], loss=[3.0, 2.0, 1.5], lr=[0.1, 0.1, 0.1], val_step=[3], val_loss=[1.6]
+    )
+    fig = viz.plot_history(history)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["train", "validation (step 3 only)"]
+    plt.close(fig)

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
 
 __all__ = [
     "plot_mask",
@@ -28,6 +28,7 @@ __all__ = [
     "plot_history",
     "plot_positional_encoding",
     "plot_padding",
+    "label_log_axis",
 ]
 
 # Light grey for blocked positions, blue for allowed ones.
@@ -299,6 +300,20 @@ def plot_position_changes(
     return ax
 
 
+def label_log_axis(ax: Axes, axis: str = "y") -> None:
+    """Label a log axis with plain numbers ("0.5", "2"), minor ticks too when it spans little.
+
+    Matplotlib labels a log axis that spans less than a decade with "6x10^0"-style minor ticks,
+    or with no tick at all near the data; this labels it like a linear one. Call it after the
+    data is drawn (it reads the axis limits).
+    """
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    target.set_major_formatter(plain)
+    target.set_minor_formatter(plain if high / max(low, 1e-300) < 30 else NullFormatter())
+
+
 def _series(history: object, name: str) -> np.ndarray:
     values = getattr(history, name, None)
     if values is None:
@@ -347,9 +362,11 @@ def plot_history(
             raise ValueError(
                 f"history.val_step has {len(val_step)} entries but val_loss has {val_loss.size}"
             )
-        ax_loss.plot(val_step, val_loss, "o-", color="C1", label="validation")
+        label = "validation" if len(val_step) > 1 else f"validation (step {val_step[0]} only)"
+        ax_loss.plot(val_step, val_loss, "o-", color="C1", markersize=6, label=label)
     if logy:
         ax_loss.set_yscale("log")
+        label_log_axis(ax_loss)
     ax_loss.set_title("loss")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("cross-entropy per token")

@@ -3,10 +3,13 @@
     python tools/time_lessons.py --out results/lesson_times_cpu.json
     python tools/time_lessons.py --out "$OUT/lesson_times_gpu.json" --kernel python3
     python tools/time_lessons.py --timetable results/lesson_times_cpu.json [GPU_JSON]
+    python tools/time_lessons.py --stamp results/lesson_times_cpu.json
 
 Runs each notebook top to bottom in a fresh kernel (nothing is written back to it), records
 the seconds it took, whether it finished, and the device torch picks here, then prints a
 Markdown table. The lessons choose their device themselves (CUDA, then MPS, then CPU).
+`--stamp` writes each lesson's measured CPU time into its first cell ("**Time**: CPU (2 cores):
+about N s to run"), so that what a lesson states is what was measured.
 """
 
 from __future__ import annotations
@@ -36,6 +39,36 @@ def prose_words(path: Path) -> int:
     nb = nbformat.read(path, as_version=4)
     text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
     return len(re.findall(r"[A-Za-z0-9']+", text))
+
+
+# How a lesson's first cell states its CPU run time; --stamp rewrites the "about N s" part.
+STATED = re.compile(r"(\*\*Time\*\*: CPU \(2 cores\): )about \d+ s( to run)")
+
+
+def stated_time(seconds: float) -> str:
+    """Return how a lesson states a measured run time: "about N s", N rounded to 5 (at least 5)."""
+    return f"about {max(5, 5 * round(seconds / 5))} s"
+
+
+def stamp(cpu: dict, folder: Path = ROOT / "notebooks") -> list[str]:
+    """Write each timed lesson's stated run time into its first cell; return the changed names."""
+    changed = []
+    for row in cpu["notebooks"]:
+        path = folder / row["notebook"]
+        if row["kind"] != "lesson" or not path.exists():
+            continue
+        nb = nbformat.read(path, as_version=4)
+        first = nb.cells[0]
+        if not STATED.search(first.source):
+            raise SystemExit(
+                f"{path.name}: the first cell has no '**Time**: CPU (2 cores): about N s to run'"
+            )
+        text = STATED.sub(rf"\g<1>{stated_time(row['seconds'])}\g<2>", first.source, count=1)
+        if text != first.source:
+            first.source = text
+            nbformat.write(nb, path)
+            changed.append(path.name)
+    return changed
 
 
 def device_name() -> str:
@@ -135,7 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="print the instructors' timetable from a CPU results file (and a GPU one), run nothing",
     )
+    p.add_argument(
+        "--stamp", type=Path, metavar="JSON", help="state these CPU times in the lessons"
+    )
     args = p.parse_args(argv)
+    if args.stamp:
+        changed = stamp(json.loads(args.stamp.read_text(encoding="utf-8")))
+        print("stated the measured time in:", ", ".join(changed) or "nothing to change")
+        return 0
     if args.timetable:
         results = [json.loads(path.read_text(encoding="utf-8")) for path in args.timetable[:2]]
         print(timetable(*results))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.errors import ConfigError
 
 BOOK = Path(__file__).resolve().parent
 MATHJAX = BOOK / "node_modules" / "mathjax" / "es5"
@@ -75,18 +76,21 @@ def add_toctrees(app: Sphinx, docname: str, source: list[str]) -> None:
 
 def run_locally_note(docname: str) -> str:
     """Return the HTML that tells how to run this page's notebook locally."""
-    depth = docname.count("/")
-    href = "../" * depth + f"_sources/{docname}.ipynb"
     path = f"{docname}.ipynb"
-    check = ""
+    href = "../" * docname.count("/") + f"_sources/{path}"
     if docname.startswith("exercises/"):
-        lesson = Path(docname).name[:2]
-        check = f" and <code>tfx-course check {lesson}</code> grades your saved work"
+        shown = "the student version of the exercises, without outputs"
+        check = f"<code>tfx-course check {Path(docname).name[:2]}</code>"
+        then = f"write your answers and run the check cells; {check} grades the saved notebook"
+    else:
+        shown = "the lesson with its stored outputs: the results to expect, which CI re-runs"
+        shown += " and compares"
+        then = "run it from the top"
     return (
         '<div class="admonition tip run-locally"><p class="admonition-title">Run it yourself</p>'
-        f"<p>This page shows <code>{path}</code> with its stored outputs. To run it: clone the "
-        "course, run <code>make lab</code> (it sets up the pinned environment and opens "
-        f"JupyterLab) and open <code>{path}</code>{check}. "
+        f"<p>This page is <code>{path}</code>, {shown}. To run it, clone the course and type "
+        "<code>make lab</code>: it sets up the pinned environment and opens JupyterLab. Open "
+        f"<code>{path}</code> there and {then}. "
         f'<a class="reference download" href="{href}" download>Download this notebook</a>.'
         "</p></div>"
     )
@@ -114,7 +118,7 @@ def finish_site(app: Sphinx, exception: Exception | None) -> None:
 def check_mathjax(app: Sphinx) -> None:
     """Stop before reading any page when the local MathJax copy is missing."""
     if not (MATHJAX / MATHJAX_PARTS[0]).is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"MathJax is missing from {MATHJAX}: `make book` installs it from "
             "book/package-lock.json with `npm ci --prefix book` (Node.js and npm are needed)"
         )

@@ -20,13 +20,19 @@ export MPLBACKEND := module://matplotlib_inline.backend_inline
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXERCISES := $(sort $(wildcard exercises/[0-9][0-9]_*.ipynb))
+# The website: Sphinx with MyST-NB (the `book` extra) and a local MathJax from npm (book/).
+BOOK_STAMP := $(VENV)/.book-installed
+MATHJAX_STAMP := book/node_modules/.installed
+BOOK_OUT := build/book
 
-.PHONY: setup lab test lint unit nbval nbval-other-cpu grade notebooks lock check-lock clean help
+.PHONY: setup lab test lint unit nbval nbval-other-cpu grade notebooks book test-book lock check-lock clean help
 
 help:
 	@echo "make lab        set up .venv and open the course in JupyterLab"
 	@echo "make test       set up .venv and run every check (lint, unit tests, notebooks, exercises)"
 	@echo "make notebooks  re-run every lesson and store its outputs"
+	@echo "make book       build the course website (build/book/html) from the stored outputs"
+	@echo "make test-book  build the website and open every page in headless Chromium"
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,8 +61,8 @@ lab: setup
 		$(ROOT_FLAG) $(LAB_ARGS)
 
 lint: setup
-	$(BIN)/ruff check tfx_course tests benchmarks tools notebooks
-	$(BIN)/ruff format --check tfx_course tests benchmarks tools
+	$(BIN)/ruff check tfx_course tests benchmarks tools notebooks book
+	$(BIN)/ruff format --check tfx_course tests benchmarks tools book
 
 unit: setup
 	$(BIN)/python -m pytest -q -n 2 tests
@@ -95,10 +101,34 @@ notebooks: setup
 check-lock: setup
 	$(BIN)/python tools/check_lock.py
 
+$(BOOK_STAMP): $(STAMP)
+	set -o pipefail; $(PIP) -e ".[book]" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(BIN)/python -c "import sphinx, myst_nb, sphinx_book_theme, playwright"
+	touch $(BOOK_STAMP)
+
+$(MATHJAX_STAMP): book/package.json book/package-lock.json
+	@command -v npm >/dev/null || { echo "make book: npm is missing. The site renders math with a \
+	local MathJax, installed from the npm registry: install Node.js 18 or newer with npm (Debian: \
+	apt-get install nodejs npm) and run make book again." >&2; exit 1; }
+	npm ci --prefix book --no-audit --no-fund --loglevel=error
+	touch $(MATHJAX_STAMP)
+
+# The lessons are never re-run here: the pages show the outputs that nbval compares. Every
+# warning (a broken link, a missing image, a bad cross-reference) fails the build.
+book: $(BOOK_STAMP) $(MATHJAX_STAMP)
+	rm -rf $(BOOK_OUT)/html
+	$(BIN)/sphinx-build -b html -c book -d $(BOOK_OUT)/doctrees -E -W --keep-going -n -q \
+		. $(BOOK_OUT)/html
+	@echo "The site is in $(BOOK_OUT)/html: open $(BOOK_OUT)/html/index.html"
+
+# Opens every page in Debian's Chromium (CHROMIUM=/path/to/chromium to use another).
+test-book: book
+	$(BIN)/python -m pytest -q tests/site
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(BOOK_OUT) book/node_modules
 
 # Refresh the exact pins from the current .venv (after editing pyproject.toml's ranges).
-lock: setup
+lock: $(BOOK_STAMP)
 	{ head -n 2 $(LOCK); $(BIN)/python -m pip freeze --exclude-editable 2>/dev/null \
 		| sed -E 's/^(torch==[0-9.]+)\+[a-z0-9]+$$/\1/'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)

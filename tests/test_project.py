@@ -41,7 +41,9 @@ def test_environment_yml_pins_match_the_lock_file():
 
 def test_every_direct_dependency_is_locked_and_in_environment_yml():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    direct = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    assert {"dev", "book"} <= set(extras)
+    direct = project["dependencies"] + [r for group in extras.values() for r in group]
     env_text = (ROOT / "environment.yml").read_text().lower()
     pins = _lock_pins()
     for requirement in direct:
@@ -62,6 +64,17 @@ def test_ci_calls_the_readme_test_command():
     assert "make test" in readme and "make lab" in readme
 
 
+def test_ci_builds_the_website_and_tests_it_in_a_browser_after_the_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("make test\n") < ci.index("make test-book")
+    assert "apt-get install" in ci and "chromium" in ci
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test-book: book$", makefile, re.M)
+    assert re.search(r"sphinx-build .*-W ", makefile)  # warnings fail the build
+    workflow = (ROOT / ".github" / "workflows" / "pages.yml").read_text()
+    assert "make book" in workflow and "actions/deploy-pages" in workflow
+
+
 def test_make_test_runs_lint_unit_and_strict_nbval():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^test: .*lint.*unit.*nbval", makefile, re.M)
@@ -79,6 +92,21 @@ def test_every_lesson_is_committed_with_outputs():
         cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
         unrun = [c for c in cells if c["source"] and c["execution_count"] is None]
         assert not unrun, f"{path.name}: {len(unrun)} code cells have no stored outputs"
+
+
+def test_every_lesson_and_exercise_opens_with_a_title_cell():
+    # The first cell is the page's title on the website and states goals, time and prerequisites;
+    # an indented line would turn it into a code block.
+    notebooks = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"))
+    notebooks += sorted(ROOT.glob("exercises/**/[0-9][0-9]_*.ipynb"))
+    assert len(notebooks) >= 3
+    for path in notebooks:
+        first = json.loads(path.read_text())["cells"][0]
+        text = "".join(first["source"])
+        assert first["cell_type"] == "markdown" and text.startswith("# "), path.name
+        assert "**Goals**" in text and "**Time**" in text, f"{path.name}: goals or time missing"
+        indented = [line for line in text.splitlines() if line.startswith("    ")]
+        assert not indented, f"{path.name}: indented lines in the first cell: {indented[:2]}"
 
 
 def test_the_gpu_script_imports_with_torch_tokenizers_and_sacrebleu_alone():

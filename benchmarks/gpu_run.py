@@ -41,6 +41,7 @@ import torch
 
 from tfx_course.data.subword import SubwordTokenizer
 from tfx_course.device import pick_device
+from tfx_course.files import write_json
 from tfx_course.pretrained import model_from_training_checkpoint, score_test2016
 from tfx_course.training import (
     History,
@@ -59,7 +60,6 @@ from tfx_course.translation import (
     prepare_data,
     save_curves,
     train_translation,
-    write_json,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,9 +22,9 @@ from tfx_course.data.multi30k import (
     DownloadError,
     MissingDataError,
     Multi30kError,
-    check_multi30k,
     download_multi30k,
     load_multi30k,
+    multi30k_status,
 )
 from tfx_course.data.subword import train_subword_tokenizer
 
@@ -82,7 +82,7 @@ def test_real_first_pairs(real_root):
     )
     # SOURCE.md: line 15 of this val.de says "... auf ihrem Cello."
     assert load_multi30k("val", real_root)[14][0].endswith("auf ihrem Cello.")
-    assert check_multi30k(real_root) == dict.fromkeys(multi30k.MULTI30K_FILES, "ok")
+    assert multi30k_status(real_root) == dict.fromkeys(multi30k.MULTI30K_FILES, "ok")
 
 
 def test_real_subword_round_trip(real_root):
@@ -196,7 +196,7 @@ def test_interrupted_download_leaves_no_file(tmp_path, server):
     assert "val.en.gz" in str(err.value) and server.url + "val.en.gz" in str(err.value)
     server.truncate.clear()
     _download(tmp_path, server)  # a second try completes the folder
-    assert check_multi30k(tmp_path, SUMS) == dict.fromkeys(FILES, "ok")
+    assert multi30k_status(tmp_path, SUMS) == dict.fromkeys(FILES, "ok")
 
 
 def test_ctrl_c_during_a_download_leaves_no_file(tmp_path, server, monkeypatch):

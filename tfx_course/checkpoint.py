@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from tfx_course.data.cache import atomic_open
+from tfx_course.files import atomic_open
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "unwrap_model"]
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from tfx_course.doctor import doctor
+    from tfx_course import doctor
 
-    report = doctor(verbose=True)
+    report = doctor.run(verbose=True)
     return 1 if (args.strict and report.problems) else 0
 
 
@@ -27,9 +27,9 @@ def _data_download(args: argparse.Namespace) -> int:
 
 
 def _data_status(args: argparse.Namespace) -> int:
-    from tfx_course.data.multi30k import check_multi30k, multi30k_folder
+    from tfx_course.data.multi30k import multi30k_folder, multi30k_status
 
-    states = check_multi30k(args.root)
+    states = multi30k_status(args.root)
     print(f"Multi30k folder: {multi30k_folder(args.root)}")
     for name, state in states.items():
         print(f"  {state:<8} {name}")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from tfx_course.data.batching import pad_sequences
 from tfx_course.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
+from tfx_course.validation import check_positive_int
 
 __all__ = ["greedy_decode", "beam_search", "gnmt_length_penalty", "score_sequences", "translate"]
 
@@ -185,8 +186,7 @@ def beam_search(
         src: (B, S) padded source ids -> (B, L) ids as ``greedy_decode`` returns them.
     """
     _check_src(src)
-    if not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
+    check_positive_int(beam_size=beam_size)
     if length_penalty < 0:
         raise ValueError(f"length_penalty={length_penalty} must be >= 0 (0: no penalty)")
     max_len = _decode_length(model, max_len)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tfx_course.attention import MultiHeadAttention
+from tfx_course.validation import check_positive_int, check_probability, shape_str
 
 __all__ = [
     "TokenEmbedding",
@@ -38,21 +39,6 @@ __all__ = [
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
 
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(n) for n in t.shape) + ")"
-
-
-def _check_positive(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_dropout(dropout: float) -> None:
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-
-
 class TokenEmbedding(nn.Module):
     """Look up token vectors and multiply them by sqrt(d_model).
 
@@ -65,7 +51,7 @@ class TokenEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int, pad_id: int | None = 0):
         super().__init__()
-        _check_positive(vocab_size=vocab_size, d_model=d_model)
+        check_positive_int(vocab_size=vocab_size, d_model=d_model)
         if pad_id is not None and not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id={pad_id} is outside the vocabulary [0, {vocab_size})")
         self.vocab_size, self.d_model = vocab_size, d_model
@@ -86,7 +72,7 @@ class TokenEmbedding(nn.Module):
 
 def sinusoidal_encoding(max_len: int, d_model: int) -> Tensor:
     """Return the ``(max_len, d_model)`` table PE[pos, 2i] = sin(pos / 10000^(2i/d_model)), PE[pos, 2i+1] = cos(...)."""
-    _check_positive(max_len=max_len, d_model=d_model)
+    check_positive_int(max_len=max_len, d_model=d_model)
     if d_model % 2 != 0:
         raise ValueError(
             f"sinusoidal encodings pair sin and cos, so d_model must be even, got {d_model}"
@@ -107,8 +93,8 @@ class _PositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, max_len: int, dropout: float):
         super().__init__()
-        _check_positive(d_model=d_model, max_len=max_len)
-        _check_dropout(dropout)
+        check_positive_int(d_model=d_model, max_len=max_len)
+        check_probability(dropout)
         self.d_model, self.max_len = d_model, max_len
         self.dropout = nn.Dropout(dropout)
 
@@ -122,7 +108,7 @@ class _PositionalEncoding(nn.Module):
                 "larger max_len or truncate the inputs"
             )
         if C != self.d_model:
-            raise ValueError(f"expected (B, T, d_model={self.d_model}), got {_shape(x)}")
+            raise ValueError(f"expected (B, T, d_model={self.d_model}), got {shape_str(x)}")
         return self.dropout(x + self.pe[offset : offset + T])  # (B, T, C)
 
 
@@ -167,7 +153,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, fused: bool = False):
         super().__init__()
-        _check_positive(d_model=d_model)
+        check_positive_int(d_model=d_model)
         self.d_model, self.eps, self.fused = d_model, eps, fused
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
@@ -191,8 +177,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu"):
         super().__init__()
-        _check_positive(d_model=d_model, d_ff=d_ff)
-        _check_dropout(dropout)
+        check_positive_int(d_model=d_model, d_ff=d_ff)
+        check_probability(dropout)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
@@ -210,7 +196,7 @@ class _ResidualLayer(nn.Module):
 
     def __init__(self, dropout: float, norm_first: bool, residual: bool, fused_attention: bool):
         super().__init__()
-        _check_dropout(dropout)
+        check_probability(dropout)
         self.norm_first, self.residual = norm_first, residual
         self.fused_attention = fused_attention
         self.dropout = nn.Dropout(dropout)

@@ -28,6 +28,7 @@ from tfx_course.layers import (
     SinusoidalPositionalEncoding,
     TokenEmbedding,
 )
+from tfx_course.validation import check_positive_int, check_probability, is_int
 
 __all__ = [
     "POSITIONAL_KINDS",
@@ -69,10 +70,7 @@ class ModelConfig:
     fused_attention: bool = False  # fused attention and LayerNorm kernels in forward (faster)
 
     def __post_init__(self) -> None:
-        for name in _SIZE_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(**{name: getattr(self, name) for name in _SIZE_FIELDS})
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
@@ -86,13 +84,12 @@ class ModelConfig:
             raise ValueError(
                 f"sinusoidal positions need an even d_model, got d_model={self.d_model}"
             )
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_probability(self.dropout)
         for name in ("norm_first", "residual", "tie_embeddings", "fused_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         smallest = min(self.src_vocab_size, self.tgt_vocab_size)
-        if not isinstance(self.pad_id, int) or not 0 <= self.pad_id < smallest:
+        if not is_int(self.pad_id) or not 0 <= self.pad_id < smallest:
             raise ValueError(
                 f"pad_id={self.pad_id!r} must be a token id of both vocabularies, in [0, {smallest})"
             )

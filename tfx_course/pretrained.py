@@ -28,9 +28,10 @@ from torch import nn
 from tfx_course.data.multi30k import load_multi30k
 from tfx_course.data.subword import SubwordTokenizer
 from tfx_course.evaluation import corpus_bleu
+from tfx_course.files import atomic_open, write_json
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.training import load_checkpoint
-from tfx_course.translation import translate_sorted, write_json
+from tfx_course.translation import translate_sorted
 
 __all__ = [
     "GPU_RESULTS",
@@ -75,12 +76,9 @@ def export_model(
         "dtype": str(dtype).removeprefix("torch."),
         "state_dict": weights,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
+    return Path(path)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from tfx_course.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, unwrap_model
 from tfx_course.data.batching import Seq2SeqBatch
 from tfx_course.repro import seed_everything
+from tfx_course.validation import is_int
 
 __all__ = [
     "SCHEDULES",
@@ -84,17 +85,17 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(self.betas))  # from_dict may hand in a list
         checks = [
             (self.lr > 0, f"lr={self.lr} must be positive"),
-            (_is_int(self.max_steps) and self.max_steps >= 1, f"max_steps={self.max_steps} must be a positive integer"),
-            (_is_int(self.warmup_steps) and self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be a non-negative integer"),
+            (is_int(self.max_steps) and self.max_steps >= 1, f"max_steps={self.max_steps} must be a positive integer"),
+            (is_int(self.warmup_steps) and self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be a non-negative integer"),
             (self.schedule in SCHEDULES, f"schedule={self.schedule!r} is not one of {SCHEDULES}"),
             (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]"),
-            (_is_int(self.batch_size) and self.batch_size >= 1, f"batch_size={self.batch_size} must be a positive integer"),
+            (is_int(self.batch_size) and self.batch_size >= 1, f"batch_size={self.batch_size} must be a positive integer"),
             (0.0 <= self.label_smoothing < 1.0, f"label_smoothing={self.label_smoothing} must lie in [0, 1)"),
             (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must not be negative"),
             (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), f"betas={self.betas} must be two numbers in [0, 1)"),
             (self.eps > 0, f"eps={self.eps} must be positive"),
             (self.clip_norm is None or self.clip_norm > 0, f"clip_norm={self.clip_norm} must be positive or None"),
-            (_is_int(self.log_every) and self.log_every >= 1, f"log_every={self.log_every!r} must be a positive integer"),
+            (is_int(self.log_every) and self.log_every >= 1, f"log_every={self.log_every!r} must be a positive integer"),
             (_positive_or_none(self.eval_every), f"eval_every={self.eval_every!r} must be a positive integer or None"),
             (_positive_or_none(self.checkpoint_every), f"checkpoint_every={self.checkpoint_every!r} must be a positive integer or None"),
             (self.precision in PRECISIONS, f"precision={self.precision!r} is not one of {PRECISIONS}"),
@@ -152,11 +153,7 @@ class TrainConfig:
 
 
 def _positive_or_none(value: object) -> bool:
-    return value is None or (_is_int(value) and value >= 1)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return value is None or (is_int(value) and value >= 1)
 
 
 @dataclass

@@ -12,7 +12,6 @@ The same function runs under ``torchrun --nproc_per_node=N`` with DistributedDat
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,12 +24,12 @@ from torch import nn
 
 from tfx_course.data.batching import Seq2SeqBatch
 from tfx_course.data.bucketing import make_token_batches
-from tfx_course.data.cache import atomic_open
 from tfx_course.data.multi30k import load_multi30k
 from tfx_course.data.subword import SubwordTokenizer, train_subword_tokenizer
 from tfx_course.decoding import translate
 from tfx_course.device import pick_device
 from tfx_course.evaluation import corpus_bleu
+from tfx_course.files import write_json
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.repro import seed_everything
 from tfx_course.training import History, TrainConfig, fit
@@ -46,7 +45,6 @@ __all__ = [
     "bleu_of",
     "train_translation",
     "save_curves",
-    "write_json",
 ]
 
 
@@ -274,14 +272,6 @@ def bleu_of(
     """Translate the German side of ``pairs`` greedily and score it against the English side."""
     hypotheses = translate_sorted(model, [de for de, _ in pairs], tokenizer, max_len, batch_size)
     return corpus_bleu(hypotheses, [en for _, en in pairs])
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented json, atomically (temporary file, then rename)."""
-    with atomic_open(path) as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    return Path(path)
 
 
 def _start_distributed(device: torch.device | None) -> tuple[torch.device, bool, bool]:

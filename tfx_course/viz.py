@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter
 
+from tfx_course.validation import shape_str
+
 __all__ = [
     "plot_mask",
     "plot_attention",
@@ -48,8 +50,7 @@ def _squeeze_to(x: np.ndarray, dims: int, name: str, expected: str, hint: str) -
     while x.ndim > dims and x.shape[0] == 1:
         x = x[0]
     if x.ndim != dims:
-        shape = "(" + ", ".join(str(n) for n in x.shape) + ")"
-        raise ValueError(f"{name} must have shape {expected}, got {shape}; {hint}")
+        raise ValueError(f"{name} must have shape {expected}, got {shape_str(x.shape)}; {hint}")
     return x
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tfx_course.validation import shape_str
+
 DEFAULT_TIMEOUT = 10.0
 TIMEOUT_ENV = "TFX_COURSE_CHECK_TIMEOUT"  # seconds each call of learner code may take
 RESULTS_ENV = "TFX_COURSE_RESULTS"  # file the grader reads: one JSON object per check
@@ -162,12 +164,6 @@ def run_check(name: str, steps: Callable[[], str]) -> CheckResult:
 
 
 # --- comparing what came back ---------------------------------------------------------
-
-
-def shape_str(shape: Tensor | Sequence[int]) -> str:
-    """Format a shape as ``(2, 3, 4)``."""
-    dims = shape.shape if isinstance(shape, Tensor) else shape
-    return "(" + ", ".join(str(n) for n in dims) + ")"
 
 
 def close(a: Tensor, b: Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:

@@ -39,12 +39,12 @@ from pathlib import Path
 
 import torch
 
+from tfx_course.cli import draw_curves
 from tfx_course.data.subword import SubwordTokenizer
 from tfx_course.device import pick_device
 from tfx_course.files import write_json
 from tfx_course.pretrained import model_from_training_checkpoint, score_test2016
 from tfx_course.training import (
-    History,
     TrainConfig,
     evaluate,
     make_optimizer,
@@ -58,7 +58,6 @@ from tfx_course.translation import (
     build_model,
     get_preset,
     prepare_data,
-    save_curves,
     train_translation,
 )
 
@@ -207,14 +206,12 @@ def plan_steps(
     }
 
 
-def replot(history_path: str | Path) -> Path:
-    """Draw ``<name>_curves.png`` next to a ``<name>_history.json`` written by this script."""
+def replot(history_path: str | Path) -> Path | None:
+    """Draw ``<name>_curves.png`` next to a ``<name>_history.json`` (None without matplotlib)."""
     history_path = Path(history_path)
-    history = History.from_dict(json.loads(history_path.read_text()))
     name = history_path.name.removesuffix("_history.json")
     target = history_path.with_name(f"{name}_curves.png")
-    title = f"Multi30k de-en, {name.replace('_', '-')}"
-    return save_curves(history, target, title=title)
+    return draw_curves(history_path, target, f"Multi30k de-en, {name.replace('_', '-')}")
 
 
 def git_commit() -> str:
@@ -324,8 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Written now and again after each score: a run cut off while scoring keeps its training.
     write_json(out / f"{name}.json", results)
     shutil.copyfile(run_dir / "history.json", out / f"{name}_history.json")
-    if (run_dir / "curves.png").exists():  # absent without matplotlib: --replot draws it
-        shutil.copyfile(run_dir / "curves.png", out / f"{name}_curves.png")
+    replot(out / f"{name}_history.json")  # without matplotlib: later, with --replot
     print(json.dumps({k: results[k] for k in ("device", "steps", "train_seconds", "mfu")}))
     model = model_from_training_checkpoint(run_dir / "checkpoint.pt").to(device)
     tokenizer = SubwordTokenizer.load(run_dir / "tokenizer.json")

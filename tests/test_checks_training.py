@@ -133,7 +133,7 @@ ALTERNATIVES = {
         _greedy,
         lambda *a: _greedy(*a, run_to_end=True),  # runs to max_len, padding after EOS
         _greedy_lists,
-        lambda m, s, b, e, n, p: greedy_decode(m, s, b, e, max_len=n, pad_id=p),
+        lambda m, s, b, e, n, p: greedy_decode(m, s, b, e, max_len=n, pad_id=p, use_cache=False),
     ],
 }
 

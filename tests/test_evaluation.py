@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from stand_in import PrefixDecoding
 from torch import nn
 
 from tfx_course.data.tokenizers import EOS_ID, PAD_ID, CharTokenizer
-from tfx_course.evaluation import corpus_bleu, evaluate_translation, score_bleu
+from tfx_course.evaluation import corpus_bleu, evaluate_translation, exact_match, score_bleu
 
 HYPOTHESES = ["the cat sat on the mat", "a dog runs in the park today", "two men play chess"]
 REFERENCES = ["the cat sat on a mat", "a dog runs in the big park", "two men are playing chess"]
@@ -70,13 +71,12 @@ class LookupConfig:
     pad_id: int = PAD_ID
 
 
-class Reverser(nn.Module):
+class Reverser(PrefixDecoding, nn.Module):
     """Outputs the source characters in reverse order, then EOS: a known 'translation'."""
 
     def __init__(self) -> None:
         super().__init__()
         self.config = LookupConfig()
-        self.weight = nn.Parameter(torch.zeros(1))  # gives the model a device
 
     def encode(self, src):
         return torch.zeros(*src.shape, 1)
@@ -105,3 +105,9 @@ def test_evaluate_translation_scores_outputs_in_the_order_of_the_pairs(method):
     assert result.sources == sources and result.references == references and result.seconds > 0
     with pytest.raises(ValueError, match='method must be "greedy" or "beam"'):
         evaluate_translation(Reverser(), tokenizer, pairs, method="sample")
+
+
+def test_exact_match():
+    assert exact_match(["abc", "ab", "x"], ["abc", "ba", "x"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        exact_match(["a", "b"], ["a"])

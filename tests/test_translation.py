@@ -27,7 +27,7 @@ from tfx_course.pretrained import (
     model_from_training_checkpoint,
     score_test2016,
 )
-from tfx_course.training import TrainConfig, load_checkpoint, shard_batch
+from tfx_course.training import TrainConfig, load_checkpoint
 from tfx_course.translation import (
     PRESETS,
     Preset,
@@ -117,7 +117,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, data_
         assert torch.equal(tensor, b.model_state[name]), name
     assert a.history["loss"] == b.history["loss"] and a.history["lr"] == b.history["lr"]
     assert a.history["val_metrics"]["bleu"] == b.history["val_metrics"]["bleu"]
-    for name in ("tokenizer.json", "history.json", "curves.png", "run.json"):
+    for name in ("tokenizer.json", "history.json", "run.json"):
         assert (tmp_path / "b" / name).is_file(), name
     history = json.loads((tmp_path / "b" / "history.json").read_text())
     assert history["step"] == list(range(1, 7)) and history["train_tokens"] > 0
@@ -143,16 +143,6 @@ def test_export_keeps_ties_halves_the_size_and_reloads_with_weights_only(tmp_pat
     assert torch.allclose(loaded(src, tgt), expected, atol=1e-5)
 
 
-def test_shard_batch_splits_rows_between_processes():
-    src = torch.arange(10).reshape(5, 2)
-    batch = Seq2SeqBatch(src, src + 10, src + 20)
-    shards = [shard_batch(batch, r, 2) for r in range(2)]
-    assert shards[0].src.tolist() == [[0, 1], [4, 5], [8, 9]]
-    assert shards[1].tgt_out.tolist() == [[22, 23], [26, 27]]
-    with pytest.raises(ValueError, match="5 rows cannot be shared by 6 processes"):
-        shard_batch(batch, 0, 6)
-
-
 def test_corpus_bleu_is_cased_and_lowercased():
     refs = ["A man rides a red bike down the road .", "Two dogs play in the snow ."]
     assert corpus_bleu(refs, refs)["bleu"] == pytest.approx(100.0)
@@ -176,7 +166,8 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
     out = tmp_path / "results"
     argv = ["--smoke", "--out", str(out), "--run-dir", str(tmp_path / "run")]
     # A bare GPU machine has no matplotlib: the run must still finish, then --replot draws.
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "tfx_course.viz", raising=False)
     monkeypatch.setenv("TFX_COURSE_COMMIT", "abc123")
     results = gpu_run.main([*argv, "--data-root", str(data_root), "--budget-minutes", "5"])
     saved = json.loads((out / "gpu_base_smoke.json").read_text())
@@ -190,7 +181,7 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
     plan = saved["plan"]  # 5 minutes is far more than 4 tiny steps need: the preset's 4 stay
     assert plan["max_steps"] == 4 and plan["seconds_per_step"] > 0
     assert not (out / "gpu_base_smoke_curves.png").exists()
-    monkeypatch.delitem(sys.modules, "matplotlib.figure")
+    monkeypatch.undo()
     gpu_run.main(["--replot", str(out / "gpu_base_smoke_history.json")])
     assert (out / "gpu_base_smoke_curves.png").stat().st_size > 1000
     summary = gpu_results_summary(out / "gpu_base_smoke.json").splitlines()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -52,6 +54,21 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_data_status)
 
 
+def draw_curves(history_path: Path, target: Path, title: str) -> Path | None:
+    """Draw a run's curves from its history.json into ``target``; None without matplotlib."""
+    from tfx_course.training import History
+
+    try:
+        from tfx_course.viz import save_curves
+    except ModuleNotFoundError as err:  # a bare GPU machine: draw them later elsewhere
+        if (err.name or "").split(".")[0] != "matplotlib":
+            raise
+        print(f"matplotlib is not installed: {target.name} not drawn (draw it from {history_path})")
+        return None
+    history = History.from_dict(json.loads(history_path.read_text(encoding="utf-8")))
+    return save_curves(history, target, title)
+
+
 def _train(args: argparse.Namespace) -> int:
     import torch
 
@@ -71,6 +88,8 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if summary["rank"] == 0:
+        out = Path(args.out)
+        draw_curves(out / "history.json", out / "curves.png", f"Multi30k de-en, {preset.name}")
         bleu = summary["val_bleu_greedy"]
         print(
             f"step {summary['steps']}, {summary['tokens_per_second']:.0f} tokens/s, "

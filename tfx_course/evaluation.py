@@ -28,7 +28,17 @@ __all__ = [
     "TranslationEvaluation",
     "evaluate_translation",
     "clipped_ngram_matches",
+    "exact_match",
 ]
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Return the fraction of predictions equal to their reference, character for character."""
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
+    if len(references) == 0:
+        raise ValueError("exact_match needs at least one reference")
+    return sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 def clipped_ngram_matches(hyp: Sequence[str], ref: Sequence[str], n: int) -> tuple[int, int]:

@@ -67,8 +67,8 @@ def export_model(
 
     Tied weights stay shared, so they are stored once.
     """
-    if not dataclasses.is_dataclass(getattr(model, "config", None)):
-        raise ValueError("export_model needs a model with a dataclass .config (a Transformer)")
+    if not isinstance(model, Transformer):
+        raise TypeError(f"export_model writes a Transformer, got {type(model).__name__}")
     weights = copy.deepcopy(model).to(dtype).state_dict()  # casting the module keeps ties
     payload = {
         "format": MODEL_FORMAT,
@@ -165,8 +165,9 @@ def export_course_checkpoint(
     """
     run_dir, dest = Path(run_dir), Path(dest)
     export_model(model_from_training_checkpoint(run_dir / "checkpoint.pt"), dest / "model.pt")
-    for name in ("tokenizer.json", "curves.png", "history.json"):
-        shutil.copyfile(run_dir / name, dest / name)
+    for name in ("tokenizer.json", "history.json", "curves.png"):  # curves: drawn by the CLI
+        if name != "curves.png" or (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, dest / name)
     model, tokenizer = load_course_model(dest)
     run = json.loads((run_dir / "run.json").read_text())
     decode_max_len = run["preset"]["decode_max_len"]

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from tfx_course.data.batching import Seq2SeqBatch
@@ -27,7 +26,7 @@ from tfx_course.data.bucketing import make_token_batches
 from tfx_course.data.multi30k import load_multi30k
 from tfx_course.data.subword import SubwordTokenizer, train_subword_tokenizer
 from tfx_course.decoding import translate
-from tfx_course.device import pick_device
+from tfx_course.distributed import Group, process_group
 from tfx_course.evaluation import corpus_bleu
 from tfx_course.files import write_json
 from tfx_course.model import ModelConfig, Transformer
@@ -44,7 +43,6 @@ __all__ = [
     "translate_sorted",
     "bleu_of",
     "train_translation",
-    "save_curves",
 ]
 
 
@@ -274,26 +272,6 @@ def bleu_of(
     return corpus_bleu(hypotheses, [en for _, en in pairs])
 
 
-def _start_distributed(device: torch.device | None) -> tuple[torch.device, bool, bool]:
-    """Join the process group torchrun describes in the environment; pick this rank's device.
-
-    Returns (device, distributed?, whether this call created the process group).
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device or pick_device(), False, False
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = pick_device()
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, True, created
-
-
 def train_translation(
     preset: Preset,
     out: str | os.PathLike,
@@ -309,78 +287,84 @@ def train_translation(
     """Train ``preset`` into the folder ``out``; return a summary (also written to run.json).
 
     ``out`` receives ``tokenizer.json``, ``checkpoint.pt`` (every ``checkpoint_every`` steps
-    and at the end), ``history.json``, ``curves.png`` and ``run.json``. With ``resume`` a run
-    stopped part-way (killed, or ``max_minutes`` reached) continues from its last checkpoint
-    with the same tokenizer, step, optimizer and schedule. ``stop_after`` ends this call at
-    that step (continue later with ``resume=True``). ``data`` is ``prepare_data``'s result for
-    this preset when the caller has it already (a fresh run only: its tokenizer is saved).
+    and at the end), ``history.json`` and ``run.json``. With ``resume`` a run stopped part-way
+    (killed, or ``max_minutes`` reached) continues from its last checkpoint with the same
+    tokenizer, step, optimizer and schedule. ``stop_after`` ends this call at that step
+    (continue later with ``resume=True``). ``data`` is ``prepare_data``'s result for this
+    preset when the caller has it already (a fresh run only: its tokenizer is saved).
+    Under ``torchrun`` every process trains its share of each batch (DistributedDataParallel).
     """
     out = Path(out)
-    device, distributed, created = _start_distributed(torch.device(device) if device else None)
-    lead = not distributed or dist.get_rank() == 0
-    tokenizer_path = out / "tokenizer.json"
-    if data is None:
-        tokenizer = (
-            SubwordTokenizer.load(tokenizer_path) if resume and tokenizer_path.exists() else None
+    with process_group(torch.device(device) if device else None) as group:
+        data = data or _load_data(preset, out / "tokenizer.json", resume, data_root)
+        if group.lead:
+            data.tokenizer.save(out / "tokenizer.json")
+        model = build_model(preset, data.tokenizer.vocab_size, preset.train.seed).to(group.device)
+        config = dataclasses.replace(preset.train, eval_every=_eval_every(preset, data))
+        history = fit(
+            group.wrap(model),
+            data.train_batches,
+            config,
+            data.val_batches,
+            progress=progress,
+            checkpoint_path=out / "checkpoint.pt",
+            resume=resume,
+            stop_after=stop_after,
+            max_seconds=None if max_minutes is None else 60.0 * max_minutes,
+            on_validate=_bleu_on_validation(preset, data),
+            show_speed=True,
+            extra={"preset": preset.to_dict()},
         )
-        data = prepare_data(preset, data_root, tokenizer)
-    if lead:
-        data.tokenizer.save(tokenizer_path)
-    model = build_model(preset, data.tokenizer.vocab_size, preset.train.seed).to(device)
-    wrapped: nn.Module = model
-    if distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    steps_per_epoch = len(data.train_batches)
-    eval_every = steps_per_epoch * preset.validate_every_epochs
-    config = dataclasses.replace(preset.train, eval_every=eval_every)
+        summary = _summary(preset, group, model, data, history)
+        if group.lead:
+            write_json(out / "history.json", history.to_dict())
+            write_json(out / "run.json", summary)
+    return summary
 
-    def on_validate(inner: nn.Module, step: int) -> dict[str, float]:
-        return {"bleu": bleu_of(inner, data.val_pairs, data.tokenizer, preset.decode_max_len)["bleu"]}  # fmt: skip
 
-    history = fit(
-        wrapped,
-        data.train_batches,
-        config,
-        data.val_batches,
-        progress=progress,
-        checkpoint_path=out / "checkpoint.pt",
-        resume=resume,
-        stop_after=stop_after,
-        max_seconds=None if max_minutes is None else 60.0 * max_minutes,
-        on_validate=on_validate,
-        show_speed=True,
-        extra={"preset": preset.to_dict()},
-    )
-    summary = {
-        "rank": dist.get_rank() if distributed else 0,
+def _load_data(
+    preset: Preset, tokenizer_path: Path, resume: bool, root: str | os.PathLike | None
+) -> TranslationData:
+    """Prepare the data, reusing the run's tokenizer when resuming."""
+    reuse = resume and tokenizer_path.exists()
+    return prepare_data(preset, root, SubwordTokenizer.load(tokenizer_path) if reuse else None)
+
+
+def _eval_every(preset: Preset, data: TranslationData) -> int:
+    return len(data.train_batches) * preset.validate_every_epochs
+
+
+def _bleu_on_validation(
+    preset: Preset, data: TranslationData
+) -> Callable[[nn.Module, int], dict[str, float]]:
+    """Return ``fit``'s ``on_validate``: greedy BLEU on the preset's validation subset."""
+
+    def on_validate(model: nn.Module, step: int) -> dict[str, float]:
+        return {"bleu": bleu_of(model, data.val_pairs, data.tokenizer, preset.decode_max_len)["bleu"]}  # fmt: skip
+
+    return on_validate
+
+
+def _summary(
+    preset: Preset, group: Group, model: Transformer, data: TranslationData, history: History
+) -> dict[str, Any]:
+    """Return what a run reports in run.json: its set-up, length, speed and last scores."""
+    return {
+        "rank": group.rank,
         "preset": preset.to_dict(),
-        "device": _device_name(device),
-        "world_size": dist.get_world_size() if distributed else 1,
+        "device": _device_name(group.device),
+        "world_size": group.size,
         "parameters": model.num_parameters(),
         "train_pairs": data.n_train_pairs,
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": len(data.train_batches),
         "steps": history.step[-1] if history.step else 0,
-        "finished": bool(history.step) and history.step[-1] >= config.max_steps,
+        "finished": bool(history.step) and history.step[-1] >= preset.train.max_steps,
         "train_seconds": history.train_seconds,
         "train_tokens": history.train_tokens,
         "tokens_per_second": history.tokens_per_second,
         "val_loss": history.val_loss[-1] if history.val_loss else None,
         "val_bleu_greedy": history.val_metrics.get("bleu", [None])[-1],
     }
-    if lead:
-        write_json(out / "history.json", history.to_dict())
-        try:
-            save_curves(history, out / "curves.png", title=f"Multi30k de-en, {preset.name}")
-        except ModuleNotFoundError as err:  # a bare GPU machine: draw them from history.json
-            if (err.name or "").split(".")[0] != "matplotlib":
-                raise
-            print("matplotlib is not installed: curves.png not drawn; draw it later with "
-                  "tfx_course.translation.save_curves(History.from_dict(<history.json>), ...)")  # fmt: skip
-        write_json(out / "run.json", summary)
-    if created:
-        dist.destroy_process_group()
-    return summary
 
 
 def _device_name(device: torch.device) -> str:
@@ -389,28 +373,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cpu":
         return f"CPU, {torch.get_num_threads()} threads"
     return device.type
-
-
-def save_curves(history: History, path: str | os.PathLike, title: str) -> Path:
-    """Plot training and validation loss (and validation BLEU) against steps into ``path``."""
-    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's figures alone
-
-    fig = Figure(figsize=(9, 3.5))
-    axes = fig.subplots(1, 2)
-    window = max(1, len(history.loss) // 40)  # batches differ in length: average the noise
-    smooth = [sum(history.loss[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(history.loss))]  # fmt: skip
-    axes[0].plot(history.step, history.loss, color="C0", alpha=0.25)
-    axes[0].plot(
-        history.step, smooth, color="C0", label=f"train (label-smoothed, mean of {window})"
-    )
-    axes[0].plot(history.val_step, history.val_loss, "o-", color="C1", label="validation")
-    axes[0].set(title=title, xlabel="step", ylabel="loss per token")
-    axes[0].legend()
-    bleu = history.val_metrics.get("bleu", [])
-    axes[1].plot(history.val_step[: len(bleu)], bleu, "o-")
-    axes[1].set(title="greedy BLEU, validation subset", xlabel="step", ylabel="BLEU")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return path

@@ -8,7 +8,9 @@ course's convention: True = may attend.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter
 
+from tfx_course.training import History
 from tfx_course.validation import shape_str
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "plot_history",
     "plot_positional_encoding",
     "plot_padding",
+    "save_curves",
 ]
 
 # Light grey for blocked positions, blue for allowed ones.
@@ -448,3 +452,29 @@ def plot_padding(
     ax.set_ylabel("batching")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return ax
+
+
+def save_curves(history: History, path: str | os.PathLike, title: str) -> Path:
+    """Draw a translation run's training and validation loss and validation BLEU into ``path``.
+
+    Draws on its own ``Figure`` (not pyplot's), so a notebook's figures are left alone.
+    """
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
+    window = max(1, len(history.loss) // 40)  # batches differ in length: average the noise
+    smooth = [sum(history.loss[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(history.loss))]  # fmt: skip
+    axes[0].plot(history.step, history.loss, color="C0", alpha=0.25)
+    axes[0].plot(
+        history.step, smooth, color="C0", label=f"train (label-smoothed, mean of {window})"
+    )
+    axes[0].plot(history.val_step, history.val_loss, "o-", color="C1", label="validation")
+    axes[0].set(title=title, xlabel="step", ylabel="loss per token")
+    axes[0].legend()
+    bleu = history.val_metrics.get("bleu", [])
+    axes[1].plot(history.val_step[: len(bleu)], bleu, "o-")
+    axes[1].set(title="greedy BLEU, validation subset", xlabel="step", ylabel="BLEU")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path

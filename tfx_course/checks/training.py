@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -190,14 +191,24 @@ PAD, BOS, EOS, CONFUSED = 0, 1, 2, 3
 VOCAB = 12
 
 
+@dataclass(frozen=True)
+class _ReversalConfig:
+    max_len: int = 16
+    pad_id: int = PAD
+
+
 class _ReversalModel(nn.Module):
     """A perfect reversal "model": after BOS and a correct prefix it predicts the next token
     of the reversed source, then EOS. A wrong prefix gets CONFUSED; training mode garbles it.
+
+    A ``DecodableModel`` without a KV cache: the library decodes it with ``use_cache=False``.
     """
+
+    config = _ReversalConfig()
+    device = torch.device("cpu")
 
     def __init__(self) -> None:
         super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))  # greedy_decode reads the device from it
         self.calls_in_training = 0
 
     def encode(self, src: Tensor) -> Tensor:
@@ -280,7 +291,7 @@ def _greedy_steps(fn: Callable[..., Any], timeout: float | None) -> str:
     model.train()  # the learner's code must switch to eval mode itself
     got = _decode_with(fn, model, src, 8, timeout)
     model.eval()
-    expected = greedy_decode(model, src, BOS, EOS, max_len=8, pad_id=PAD)
+    expected = greedy_decode(model, src, BOS, EOS, max_len=8, pad_id=PAD, use_cache=False)
     if not torch.equal(_trim(got), _trim(expected)):
         if model.calls_in_training:
             raise Fail(

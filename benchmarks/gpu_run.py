@@ -28,6 +28,7 @@ the encoder's parameters see the source tokens, about as many as the target toke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -42,7 +43,9 @@ import torch
 from tfx_course.cli import draw_curves
 from tfx_course.data.subword import SubwordTokenizer
 from tfx_course.device import pick_device
+from tfx_course.evaluation import evaluate_translation
 from tfx_course.files import write_json
+from tfx_course.model import ModelConfig
 from tfx_course.pretrained import model_from_training_checkpoint, score_test2016
 from tfx_course.training import (
     TrainConfig,
@@ -54,7 +57,6 @@ from tfx_course.training import (
 from tfx_course.translation import (
     Preset,
     TranslationData,
-    bleu_of,
     build_model,
     get_preset,
     prepare_data,
@@ -75,37 +77,37 @@ PEAK_BF16_FLOPS = {
 SMOKE = Preset(
     name="smoke",
     description="the GPU script's path on a CPU in seconds (the BLEU means nothing)",
-    vocab_size=300,
-    d_model=32,
-    n_heads=4,
-    n_encoder_layers=1,
-    n_decoder_layers=1,
-    d_ff=64,
-    max_len=128,
+    model=ModelConfig(
+        300, 300, d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=64,
+        max_len=128, tie_embeddings=True, fused_attention=True,
+    ),
+    train=TrainConfig(lr=3e-3, max_steps=4, warmup_steps=2, schedule="cosine", log_every=1),
     max_tokens=600,
     max_train_pairs=200,
     max_val_pairs=20,
     bleu_sentences=5,
     decode_max_len=10,
-    train=TrainConfig(lr=3e-3, max_steps=4, warmup_steps=2, schedule="cosine", log_every=1),
-)
+)  # fmt: skip
+
+
+def _gpu_small() -> Preset:
+    base = get_preset("gpu-base")
+    model = dataclasses.replace(
+        base.model, d_model=256, n_heads=4, n_encoder_layers=4, n_decoder_layers=4, d_ff=1024
+    )
+    return dataclasses.replace(
+        base,
+        name="gpu-small",
+        description="d_model 256, 4 + 4 layers, 8k shared BPE, bf16: a candidate beside gpu-base",
+        model=model,
+        train=dataclasses.replace(base.train, lr=1e-3),
+    )
 
 
 # Candidates measured beside gpu-base on the same machine, not (yet) course presets. Published
 # text-only baselines on Multi30k use models far smaller than the base Transformer: with 29,000
 # sentence pairs, a narrower model at the same dropout may translate as well or better.
-CANDIDATES = {
-    "gpu-small": get_preset("gpu-base").replace(
-        name="gpu-small",
-        description="d_model 256, 4 + 4 layers, 8k shared BPE, bf16: a candidate beside gpu-base",
-        d_model=256,
-        n_heads=4,
-        n_encoder_layers=4,
-        n_decoder_layers=4,
-        d_ff=1024,
-        lr=1e-3,
-    ),
-}
+CANDIDATES = {"gpu-small": _gpu_small()}
 
 
 def preset_named(name: str) -> Preset:
@@ -183,7 +185,9 @@ def plan_steps(
     start = time.perf_counter()
     evaluate(model, data.val_batches, pad_id)
     # An untrained model decodes to max_len: a validation later in training is shorter.
-    bleu_of(model, data.val_pairs, data.tokenizer, preset.decode_max_len)
+    evaluate_translation(
+        model, data.tokenizer, data.val_pairs, max_len=preset.decode_max_len, batch_size=100
+    )
     _sync(device)
     per_validation = time.perf_counter() - start
     del model, optimizer, scheduler
@@ -277,7 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_json(plan_file, plan)
     if plan is not None:
         print(f"plan: {json.dumps(plan)}")
-        preset = preset.replace(max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"])
+        planned = {"max_steps": plan["max_steps"], "warmup_steps": plan["warmup_steps"]}
+        preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, **planned))
     max_minutes = args.max_minutes
     if args.budget_minutes is not None:  # a safety net only: the plan should end sooner
         max_minutes = min(max_minutes, 1.25 * args.budget_minutes)

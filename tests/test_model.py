@@ -87,6 +87,9 @@ def test_config_is_frozen_and_presets_are_valid():
     tiny, base = ModelConfig.tiny(30, 40), ModelConfig.base(8000, 6000)
     assert tiny.src_vocab_size == 30 and tiny.tgt_vocab_size == 40
     assert base.d_model == 512 and base.d_head == 64 and base.fused_attention
+    assert base.n_encoder_layers == base.n_decoder_layers == 6 and base.dropout == 0.3
+    course = ModelConfig.course(6000, 6000)
+    assert course.d_model == 128 and course.n_encoder_layers == 2 and course.tie_embeddings
     assert Transformer(tiny).num_parameters() < 300_000  # small enough for a CPU lesson
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -76,8 +77,13 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    changes = {k: getattr(args, k) for k in ("max_steps", "max_tokens", "lr", "seed")}
-    preset = get_preset(args.preset).replace(**{k: v for k, v in changes.items() if v is not None})
+    preset = get_preset(args.preset)
+    train = {
+        k: getattr(args, k) for k in ("max_steps", "lr", "seed") if getattr(args, k) is not None
+    }
+    preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, **train))
+    if args.max_tokens is not None:
+        preset = dataclasses.replace(preset, max_tokens=args.max_tokens)
     summary = train_translation(
         preset,
         args.out,

@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from tfx_course.data.multi30k import load_multi30k
 from tfx_course.data.subword import SubwordTokenizer
-from tfx_course.evaluation import corpus_bleu
+from tfx_course.evaluation import evaluate_translation
 from tfx_course.files import atomic_open, write_json
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.training import load_checkpoint
-from tfx_course.translation import translate_sorted
 
 __all__ = [
     "GPU_RESULTS",
@@ -50,6 +48,9 @@ __all__ = [
 ]
 
 MODEL_FORMAT = "tfx_course.model/1"
+SUBSET_SIZE = 100  # test2016 sentences the checkpoint test re-scores (first n, in file order)
+BEAM_SIZE = 5  # beam width of the recorded beam-search score
+LENGTH_PENALTY = 0.6  # decoding.translate's default GNMT alpha, recorded beside the beam score
 # The repository's copy; $TFX_COURSE_CHECKPOINT points elsewhere (e.g. an installed package).
 COURSE_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "course"
 
@@ -119,7 +120,7 @@ def model_from_training_checkpoint(path: str | os.PathLike) -> Transformer:
 
 
 def score_test2016(
-    model: nn.Module,
+    model: Transformer,
     tokenizer: SubwordTokenizer,
     *,
     limit: int | None = None,
@@ -130,23 +131,16 @@ def score_test2016(
 ) -> dict[str, Any]:
     """Translate test2016 (its first ``limit`` sentences if given) and return sacreBLEU scores.
 
-    Adds ``decoder`` ("greedy" or "beam k") and ``sentences`` to ``corpus_bleu``'s keys.
+    ``evaluation.evaluate_translation`` translates and scores; the result is its
+    ``BleuResult.to_dict()`` plus ``decoder`` ("greedy" or "beam k") and ``sentences``.
     """
-    pairs = load_multi30k("test2016", root)
-    if limit is not None:
-        pairs = pairs[:limit]
-    hypotheses = translate_sorted(
-        model, [de for de, _ in pairs], tokenizer, max_len, batch_size, beam_size
-    )
-    scores = corpus_bleu(hypotheses, [en for _, en in pairs])
-    scores["decoder"] = "greedy" if beam_size is None else f"beam {beam_size}"
-    scores["sentences"] = len(pairs)
-    return scores
-
-
-SUBSET_SIZE = 100  # test2016 sentences the checkpoint test re-scores (first n, in file order)
-BEAM_SIZE = 5  # beam width of the recorded beam-search score
-LENGTH_PENALTY = 0.6  # decoding.translate's default GNMT alpha, recorded beside the beam score
+    pairs = load_multi30k("test2016", root)[:limit]
+    method = "greedy" if beam_size is None else "beam"
+    result = evaluate_translation(
+        model, tokenizer, pairs, method, beam_size=beam_size or 1, length_penalty=LENGTH_PENALTY,
+        batch_size=batch_size, max_len=max_len,
+    )  # fmt: skip
+    return {**result.bleu.to_dict(), "decoder": result.method, "sentences": len(pairs)}
 
 
 def export_course_checkpoint(

@@ -13,7 +13,13 @@ from stand_in import PrefixDecoding
 from torch import nn
 
 from tfx_course.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
-from tfx_course.decoding import beam_search, gnmt_length_penalty, greedy_decode, score_sequences
+from tfx_course.decoding import (
+    beam_search,
+    beam_step,
+    gnmt_length_penalty,
+    greedy_decode,
+    score_sequences,
+)
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.repro import seed_everything
 
@@ -189,3 +195,18 @@ def test_beam_search_checks_its_arguments():
     lengths = torch.tensor([1, 4])
     assert gnmt_length_penalty(lengths, 0.0).tolist() == [1.0, 1.0]
     assert gnmt_length_penalty(lengths, 1.0).tolist() == pytest.approx([1.0, 1.5])
+
+
+def test_beam_step_keeps_the_best_candidates_of_an_exhaustive_search():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 3, generator=gen)
+    log_probs = torch.randn(2, 3, 5, generator=gen).log_softmax(-1)
+    new, origin, token = beam_step(scores, log_probs, 4)
+    for b in range(2):
+        every = sorted(
+            (scores[b, i].item() + log_probs[b, i, v].item() for i in range(3) for v in range(5)),
+            reverse=True,
+        )
+        assert new[b].tolist() == pytest.approx(every[:4])
+        implied = scores[b, origin[b]] + log_probs[b, origin[b], token[b]]
+        assert implied.tolist() == pytest.approx(new[b].tolist())

@@ -10,12 +10,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
+import sacrebleu
 import torch
 from stand_in import PrefixDecoding
 from torch import nn
 
 from tfx_course.data.tokenizers import EOS_ID, PAD_ID, CharTokenizer
 from tfx_course.evaluation import (
+    clipped_ngram_matches,
     evaluate_translation,
     exact_match,
     score_bleu,
@@ -144,3 +146,15 @@ def test_translate_by_length_batches_similar_lengths_and_keeps_the_input_order()
     assert sorted(set(batches)) == [(4, 4), (7, 9), (13,)]  # source lengths, BOS and EOS included
     with pytest.raises(TypeError, match="list of strings"):
         translate_by_length(model, "ab", tokenizer)
+
+
+def test_clipped_ngram_matches_sum_to_sacrebleus_corpus_statistics():
+    hyps = ["a man is riding a horse .", "the the the the", "two dogs play in the snow ."]
+    refs = ["a man rides a brown horse .", "the cat on the mat", "two dogs are playing in snow ."]
+    stats = sacrebleu.metrics.BLEU(tokenize="none").corpus_score(hyps, [refs])
+    for n in range(1, 5):
+        matches = totals = 0
+        for h, r in zip(hyps, refs, strict=True):
+            m, t = clipped_ngram_matches(h.split(), r.split(), n)
+            matches, totals = matches + m, totals + t
+        assert (matches, totals) == (stats.counts[n - 1], stats.totals[n - 1])

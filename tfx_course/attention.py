@@ -249,5 +249,5 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: fl
         # fully blocked rows uniform instead of NaN, exactly like mask_scores.
         scores_shape = q.shape[:-1] + (k.shape[-2],)  # (B, H, T, S)
         _check_mask(mask, scores_shape)
-        bias = q.new_zeros(mask.shape).masked_fill(~mask, torch.finfo(q.dtype).min)
+        bias = mask_scores(q.new_zeros(mask.shape), mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)

@@ -240,6 +240,27 @@ def is_float(x: Any) -> bool:
         return False
 
 
+def build_module(
+    factory: Callable[..., Any], args: tuple, kwargs: dict, timeout: float | None
+) -> nn.Module:
+    """Build the learner's module with ``factory(*args, **kwargs)``, or ``Fail`` saying why not."""
+    name = getattr(factory, "__name__", "it")
+    shown = ", ".join([*map(str, args), *(f"{k}={v}" for k, v in kwargs.items())])
+    module = call(f"{name}({shown})", factory, *args, timeout=timeout, **kwargs)
+    if not isinstance(module, nn.Module):
+        raise Fail(f"{name}({shown}) gave {type(module).__name__}, not an nn.Module")
+    return module
+
+
+def jitter_norms(ref: nn.Module, seed: int) -> None:
+    """Give every norm of ``ref`` its own weights, so using the wrong one shows in the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith("norm"):
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+
+
 def load_reference_weights(module: nn.Module, ref: nn.Module, names: str) -> None:
     """Copy ``ref``'s weights into the learner's module, or ``Fail`` naming what differs."""
     own = {name for name, _ in module.named_parameters()}

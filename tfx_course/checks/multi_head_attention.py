@@ -1,4 +1,4 @@
-"""Checks for lesson 02: splitting and merging heads, and multi-head attention.
+"""Checks for lesson 02 (multi-head attention): splitting and merging heads, and the module.
 
 Shapes: B batch, H heads, T queries, S keys, C = d_model, D = d_head = C // H.
 """
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tfx_course.attention import (
     MultiHeadAttention,
     causal_mask,
+    mask_scores,
     merge_heads,
     padding_mask,
     split_heads,
@@ -30,10 +31,14 @@ from tfx_course.checks.core import (
     load_reference_weights,
     max_gap,
     run_check,
-    shape_str,
 )
+from tfx_course.validation import shape_str
 
-__all__ = ["check_split_heads", "check_merge_heads", "check_multi_head_attention"]
+__all__ = [
+    "check_split_heads",
+    "check_merge_heads",
+    "check_multi_head_attention",
+]
 
 
 # --- split and merge ----------------------------------------------------------------
@@ -122,7 +127,7 @@ def _mha_reference(ref: MultiHeadAttention, query, key, value, mask, bug: str = 
     scale = {"no_scale": 1.0, "scale_d_model": 1 / math.sqrt(C)}.get(bug, 1 / math.sqrt(D))
     scores = q @ k.transpose(-2, -1) * scale  # (B, H, T, S)
     if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores = mask_scores(scores, mask)
     x = scores.softmax(dim=-1) @ v  # (B, H, T, D)
     x = x.reshape(B, T, C) if bug == "merge_order" else merge_heads(x)  # (B, T, C)
     return x if bug == "no_out_proj" else ref.out_proj(x)

@@ -1,4 +1,5 @@
-"""Checks for lesson 01: attention scores, masks, softmax and scaled dot-product attention.
+"""Checks for lesson 01 (self-attention): attention scores, masks, softmax and scaled
+dot-product attention.
 
 Shapes: B batch, H heads, T queries, S keys, D = d_k.
 """
@@ -13,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tfx_course.attention import causal_mask, padding_mask
+from tfx_course.attention import (
+    causal_mask,
+    mask_scores,
+    padding_mask,
+)
 from tfx_course.checks.core import (
     CheckResult,
     Fail,
@@ -24,8 +29,8 @@ from tfx_course.checks.core import (
     expect_tensor,
     max_gap,
     run_check,
-    shape_str,
 )
+from tfx_course.validation import shape_str
 
 __all__ = [
     "check_attention_scores",
@@ -34,10 +39,6 @@ __all__ = [
     "check_masked_softmax",
     "check_attention",
 ]
-
-
-def _fill(scores: Tensor, mask: Tensor) -> Tensor:
-    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
 
 
 # --- attention scores ------------------------------------------------------------------
@@ -178,10 +179,10 @@ def check_causal_mask(fn: Callable[..., Any], timeout: float | None = None) -> C
 def _check_weights(got: Any, scores: Tensor, mask: Tensor | None, what: str) -> Tensor:
     got = expect_tensor(got, what, dtype=scores.dtype)
     expect_tensor(got, what, shape=scores.shape)
-    expected = scores.softmax(-1) if mask is None else _fill(scores, mask).softmax(-1)
+    expected = scores.softmax(-1) if mask is None else mask_scores(scores, mask).softmax(-1)
     if close(got, expected):
         return got
-    filled = scores if mask is None else _fill(scores, mask)
+    filled = scores if mask is None else mask_scores(scores, mask)
     mistakes = {
         "softmax over the wrong axis: each query's weights (a row) must sum to 1; use "
         "softmax(dim=-1), over the keys": lambda: filled.softmax(-2),
@@ -189,7 +190,7 @@ def _check_weights(got: Any, scores: Tensor, mask: Tensor | None, what: str) -> 
     if mask is not None:
         mistakes |= {
             "mask inverted: True means 'may attend'; fill the scores where the mask is "
-            "False: scores.masked_fill(~mask, ...)": lambda: _fill(scores, ~mask).softmax(-1),
+            "False: scores.masked_fill(~mask, ...)": lambda: mask_scores(scores, ~mask).softmax(-1),
             "masked after the softmax, so rows no longer sum to 1: fill the blocked scores "
             "before the softmax": lambda: scores.softmax(-1) * mask,
             "blocked scores filled with 0, which still gets weight: fill them with "
@@ -245,7 +246,7 @@ def check_masked_softmax(fn: Callable[..., Any], timeout: float | None = None) -
 
 def _softmax_attention(q: Tensor, k: Tensor, scale: float, mask: Tensor | None) -> Tensor:
     scores = q @ k.transpose(-2, -1) * scale  # (..., T, S)
-    return (scores if mask is None else _fill(scores, mask)).softmax(dim=-1)
+    return (scores if mask is None else mask_scores(scores, mask)).softmax(dim=-1)
 
 
 def _diagnose_weights(weights: Tensor, q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -299,7 +300,7 @@ def _diagnose_masked(
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     mistakes = {
         "mask inverted: True means 'may attend'; fill the scores where the mask is False "
-        "(scores.masked_fill(~mask, ...))": lambda: _fill(scores, ~mask).softmax(-1),
+        "(scores.masked_fill(~mask, ...))": lambda: mask_scores(scores, ~mask).softmax(-1),
         "with a mask, rows no longer sum to 1: you masked after the softmax; fill the "
         "blocked scores before it": lambda: scores.softmax(-1) * mask,
         "the mask is ignored: fill the scores where the mask is False with "

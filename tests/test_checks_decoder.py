@@ -36,12 +36,14 @@ class _Decoder(nn.Module):
         if self.bug == "no_memory_mask":
             memory_mask = None
         h = self.norm1(x)
-        x = x + self.self_attn(h, h, h, self_mask)[0]
+        x = (2 * x if self.bug == "self_residual_twice" else x) + self.self_attn(
+            h, h, h, self_mask
+        )[0]
         h = self.norm2(x)
         kv = {"cross_from_x": h, "normed_memory": self.norm2(memory)}.get(self.bug, memory)
         c = self.cross_attn(h, kv, kv, memory_mask if self.bug != "cross_from_x" else self_mask)[0]
         x = c if self.bug == "no_cross_residual" else x + c
-        out = x + self.ff(self.norm3(x))
+        out = (x + x if self.bug == "ff_residual_twice" else x) + self.ff(self.norm3(x))
         return (out, None) if self.bug == "pair" else out
 
 
@@ -103,6 +105,8 @@ BUGS = {
         (lambda t, p: _tm(t, 0), "use the pad_id argument"),
     ],
     "decoder_layer": [
+        (bugged(_Decoder, "self_residual_twice"), "around self-attention is added twice"),
+        (bugged(_Decoder, "ff_residual_twice"), "around the feed-forward block is added twice"),
         (bugged(_Decoder, "no_self_mask"), "ignores self_mask"),
         (bugged(_Decoder, "no_memory_mask"), "ignores memory_mask"),
         (bugged(_Decoder, "cross_from_x"), "keys and values from the decoder"),

@@ -3,6 +3,8 @@ other correct implementations pass."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from check_helpers import planted_bug_tests
 
@@ -24,14 +26,17 @@ def _greedy(
     stop="all",
     keep_bos=False,
     run_to_end=False,
+    newest_only=False,
+    steps=0,
 ):
     if eval_mode:
         model.eval()
     memory = model.encode(src)
     tokens = torch.full((src.shape[0], 1), bos, dtype=torch.long)
     done = torch.zeros(src.shape[0], dtype=torch.bool)
-    for _ in range(max_len):
-        nxt = model.decode(tokens, memory, src)[:, position].argmax(-1)
+    for _ in range(max_len + steps):
+        prefix = tokens[:, -1:] if newest_only else tokens
+        nxt = model.decode(prefix, memory, src)[:, position].argmax(-1)
         if pad_after:
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], 1)
@@ -157,6 +162,8 @@ def _beam_float_indices(scores, log_probs, k):
 
 BUGS = {
     "greedy_decode": [
+        (partial(_greedy, newest_only=True), "saw only the newest token"),
+        (partial(_greedy, steps=-1), "one token short of max_len"),
         (lambda *a: _greedy(*a, eval_mode=False), "call model.eval()"),
         (lambda *a: _greedy(*a, position=0), "last position's logits"),
         (lambda *a: _greedy(*a, pad_after=False), "fill its later positions with pad_id"),

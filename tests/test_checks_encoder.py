@@ -27,6 +27,8 @@ class _FF(nn.Module):
 
     def forward(self, x):
         h = self.linear1(x)
+        if self.bug == "bias_after_relu":
+            return self.linear2(F.relu(x @ self.linear1.weight.T) + self.linear1.bias)
         if self.bug == "no_act":
             return self.linear2(h)
         if self.bug == "gelu":
@@ -61,12 +63,14 @@ class _Encoder(nn.Module):
         norm2 = self.norm1 if self.bug == "norm1_twice" else self.norm2
         if pre:
             h = self.norm1(x)
-            x = x + self.self_attn(h, h, h, mask)[0]
+            a = self.self_attn(h, h, h, mask)[0]
+            x = x + (x + a if self.bug == "attn_residual_twice" else a)
             f = self.ff(norm2(x))
             return f if self.bug == "no_ff_residual" else x + f
         a = self.self_attn(x, x, x, mask)[0]
         x = self.norm1(a if self.bug == "no_attn_residual" else x + a)
-        return norm2(x + self.ff(x))
+        f = self.ff(x)
+        return norm2(x + (x + f if self.bug == "ff_residual_twice" else f))
 
 
 class _EncoderTorchNorm(_Encoder):
@@ -88,12 +92,15 @@ class _EncoderTorchNorm(_Encoder):
 
 BUGS = {
     "feed_forward": [
+        (bugged(_FF, "bias_after_relu"), "bias is added after the ReLU"),
         (bugged(_FF, "no_act"), "the activation is missing"),
         (bugged(_FF, "gelu"), "GELU instead of ReLU"),
         (bugged(_FF, "relu_out"), "ReLU after the second layer too"),
         (bugged(_FF, "residual"), "the block adds its input"),
     ],
     "encoder_layer": [
+        (bugged(_Encoder, "attn_residual_twice"), "residual around self-attention is added twice"),
+        (bugged(_Encoder, "ff_residual_twice"), "feed-forward block is added twice"),
         (bugged(_Encoder, "no_mask"), "the mask is not passed"),
         (bugged(_Encoder, "always_pre"), "norm_first=False (Post-LN) each sublayer must compute"),
         (bugged(_Encoder, "norm1_twice"), "norm1 is used twice"),

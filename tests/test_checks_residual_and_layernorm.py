@@ -32,8 +32,19 @@ def _ln_var_mean(x, w, b, eps=1e-5):
     return torch.addcmul(b, (x - mean) / (var + eps).sqrt(), w)
 
 
+def _ln_batch_axis(x, w, b, eps=1e-5):
+    return _ln(x, w, b, eps, dim=0)
+
+
+def _ln_no_sqrt(x, w, b, eps=1e-5):
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, correction=0, keepdim=True)
+    return (x - mean) / (var + eps) * w + b
+
+
 BUGS = {
     "layer_norm": [
+        (_ln_batch_axis, "over the batch axis (dim=0)"),
+        (_ln_no_sqrt, "divided by the variance"),
         (lambda x, w, b, eps=1e-5: _ln(x, w, b, eps, correction=1), "unbiased variance"),
         (lambda x, w, b, eps=1e-5: _ln(x, w, b, eps, eps_outside=True), "outside the square root"),
         (
@@ -45,6 +56,7 @@ BUGS = {
         (_ln_no_eps, "variance 0"),
     ],
     "pre_ln_residual": [
+        (lambda x, f, n: x + x + f(n(x)), "the residual is added twice"),
         (lambda x, f, n: n(x + f(x)), "this is Post-LN"),
         (lambda x, f, n: f(n(x)), "the residual is missing"),
         (lambda x, f, n: n(x) + f(n(x)), "add the raw input x"),
@@ -52,6 +64,8 @@ BUGS = {
         (lambda x, f, n: x + n(f(x)), "applied to the sublayer's output"),
     ],
     "post_ln_residual": [
+        (lambda x, f, n: n(x + x + f(x)), "the residual is added twice"),
+        (lambda x, f, n: x + n(x + f(x)), "added again after the norm"),
         (lambda x, f, n: x + f(n(x)), "this is Pre-LN"),
         (lambda x, f, n: n(f(x)), "the residual is missing"),
         (lambda x, f, n: x + f(x), "the norm is missing"),

@@ -51,8 +51,18 @@ def _cos_tensor(step, lr, warmup, max_steps, min_ratio):
     return lr * torch.where(s <= warmup, warm, decay)
 
 
+def _noam_from_zero(s, d, w):
+    s = s - 1  # a schedule that counts steps from 0
+    return d**-0.5 * min(max(s, 1) ** -0.5, s * w**-1.5)
+
+
 BUGS = {
     "warmup_schedule": [
+        (_noam_from_zero, "steps counted from 0"),
+        (
+            lambda s, d, w: d**-0.5 * min(s**-0.5, (s - 1) * w**-1.5),
+            "warmup branch counts steps from 0",
+        ),
         (lambda s, d, w: min(s**-0.5, s * w**-1.5), "missing the factor d_model^-0.5"),
         (lambda s, d, w: d**-0.5 * min(s**-0.5, s * w**-0.5), "warmup^-1.5"),
         (lambda s, d, w: d**-0.5 * max(s**-0.5, s * w**-1.5), "use min, not max"),
@@ -61,6 +71,10 @@ BUGS = {
         (lambda s, d, w: [_noam(s, d, w)], "return one finite number"),
     ],
     "cosine_lr": [
+        (
+            lambda s, lr, w, n, r: _cos(s - 1, lr, w, n, r) if s > 1 else 0.0,
+            "one step late everywhere",
+        ),
         (lambda *a: _cos(*a, bug="zero"), "step 1 gets lr / warmup_steps"),
         (lambda *a: _cos(*a, bug="floor"), "not to 0"),
         (lambda *a: _cos(*a, bug="whole"), "from the end of warmup"),

@@ -48,6 +48,10 @@ BUGS = {
         (lambda n: torch.ones(1, 1, n, n, dtype=torch.bool).tril(), "expected (5, 5)"),
     ],
     "masked_softmax": [
+        (
+            lambda s, m: (s if m is None else s.masked_fill(m, float("-inf"))).softmax(-1),
+            "mask inverted",
+        ),
         (lambda s, m: _masked(s, m).softmax(dim=-2), "wrong axis"),
         (lambda s, m: (s if m is None else s.masked_fill(m, MIN)).softmax(-1), "mask inverted"),
         (lambda s, m: s.softmax(-1) * (1 if m is None else m), "masked after the softmax"),
@@ -60,6 +64,17 @@ BUGS = {
         (lambda s, m: _masked(s, m).softmax(dim=3), "use dim=-1"),
     ],
     "attention": [
+        (
+            lambda q, k, v, mask=None: _attend(
+                (
+                    _scores(q, k)
+                    if mask is None
+                    else _scores(q, k).masked_fill(mask, float("-inf"))
+                ).softmax(-1),
+                v,
+            ),
+            "mask inverted",
+        ),
         (lambda q, k, v, mask=None: _no_scale_attention(q, k, v, mask), "missing 1/sqrt(d_k)"),
         (
             lambda q, k, v, mask=None: _attend(_masked(_scores(q, k), mask).softmax(-2), v),

@@ -126,8 +126,29 @@ def test_adamw_reference_follows_torch_over_several_steps():
         torch.testing.assert_close(v, opt.state[param]["exp_avg_sq"])
 
 
+def _ls_twice(logits, targets, eps, pad):
+    V = logits.shape[-1]
+    q = (1 - eps) * F.one_hot(targets, V) + eps / V
+    q = (1 - eps) * q + eps / V  # smoothed again
+    keep = targets != pad
+    return (-(q * logits.log_softmax(-1)).sum(-1) * keep).sum() / keep.sum()
+
+
+def _ls_pad_column(logits, targets, eps, pad, *, target_too=False):
+    # The Annotated Transformer's way: the pad class (and the target) get no smoothing mass.
+    V = logits.shape[-1]
+    q = torch.full(logits.shape, eps / (V - 2 if target_too else V - 1))
+    q[..., pad] = 0
+    q = q.scatter(-1, targets[..., None], 1 - eps) if target_too else q + (1 - eps) * F.one_hot(targets, V)  # fmt: skip
+    keep = targets != pad
+    return (-(q * logits.log_softmax(-1)).sum(-1) * keep).sum() / keep.sum()
+
+
 BUGS = {
     "label_smoothing": [
+        (_ls_twice, "smoothing is applied twice"),
+        (_ls_pad_column, "the pad column is left out of the smoothing"),
+        (lambda *a: _ls_pad_column(*a, target_too=True), "the pad column (and the target)"),
         (lambda lo, t, e, p: _ls(lo, t, e, p, ignore=False), "padded positions count"),
         (lambda lo, t, e, p: _ls(lo, t, e, p, denominator="all"), "averaged over all B*T"),
         (lambda lo, t, e, p: _ls(lo, t, e, p, denominator="sum"), "returned the sum"),

@@ -108,15 +108,17 @@ def _decoder_variant(ref: DecoderLayer, x, memory, self_mask, memory_mask, bug: 
         x = ref.norm1(x + a)
         x = ref.norm2(x + ref.cross_attn(x, memory, memory, memory_mask)[0])
         return ref.norm3(x + ref.ff(x))
+    skips = {"self_residual_twice": (2, 1, 1), "cross_residual_twice": (1, 2, 1)}.get(bug)
+    skips = skips or {"ff_residual_twice": (1, 1, 2), "no_cross_residual": (1, 0, 1)}.get(bug, (1, 1, 1))  # fmt: skip
     h = ref.norm1(x)
-    x = x + ref.self_attn(h, h, h, None if bug == "no_self_mask" else self_mask)[0]
+    x = skips[0] * x + ref.self_attn(h, h, h, None if bug == "no_self_mask" else self_mask)[0]
     h = ref.norm2(x)
     kv = {"cross_from_x": h, "normed_memory": ref.norm2(memory)}.get(bug, memory)
     c = ref.cross_attn(
         h, kv, kv, None if bug in ("no_memory_mask", "cross_from_x") else memory_mask
     )[0]
-    x = c if bug == "no_cross_residual" else x + c
-    return x + ref.ff((ref.norm2 if bug == "norm2_for_ff" else ref.norm3)(x))
+    x = skips[1] * x + c
+    return skips[2] * x + ref.ff((ref.norm2 if bug == "norm2_for_ff" else ref.norm3)(x))
 
 
 _DECODER_BUGS = {
@@ -129,6 +131,12 @@ _DECODER_BUGS = {
     "normed_memory": "the memory is normalised; pass the encoder's output as it is, only the "
     "query norm2(x) is normalised",
     "no_cross_residual": "the residual around cross-attention is missing",
+    "self_residual_twice": "the residual around self-attention is added twice: x + f(norm(x)) "
+    "adds x once",
+    "cross_residual_twice": "the residual around cross-attention is added twice: x + f(norm(x)) "
+    "adds x once",
+    "ff_residual_twice": "the residual around the feed-forward block is added twice: "
+    "x + f(norm(x)) adds x once",
     "norm2_for_ff": "norm2 is used for the feed-forward block; norm1, norm2, norm3 go with "
     "self-attention, cross-attention and feed-forward, in that order",
     "post_ln": "this is Post-LN, norm(x + f(x)); this layer is Pre-LN: x + f(norm(x))",

@@ -79,12 +79,15 @@ class _ReversalModel(nn.Module):
         return logits  # (B, T, V)
 
 
-def _greedy_variant(model: _ReversalModel, src: Tensor, max_len: int, bug: str) -> Tensor:
+@torch.no_grad()
+def _greedy_variant(model: nn.Module, src: Tensor, max_len: int, bug: str) -> Tensor:
+    """Greedy decoding with one common mistake planted (``bug``), as in ``_GREEDY_BUGS``."""
     memory = model.encode(src)
     tokens = torch.full((src.shape[0], 1), BOS)
     finished = torch.zeros(src.shape[0], dtype=torch.bool)
-    for _ in range(max_len):
-        logits = model.decode(tokens, memory, src)  # (B, t, V)
+    for _ in range(max_len - 1 if bug == "one_short" else max_len):
+        prefix = tokens[:, -1:] if bug == "newest_only" else tokens
+        logits = model.decode(prefix, memory, src)  # (B, t, V)
         nxt = logits[:, 0 if bug == "first_position" else -1].argmax(-1)  # (B,)
         if bug != "no_pad":
             nxt = nxt.masked_fill(finished, PAD)
@@ -100,9 +103,21 @@ _GREEDY_BUGS = {
     "first_position": "the next token must come from the last position's logits, logits[:, -1]; "
     "you used the first position",
     "no_pad": "after a sequence has produced EOS, fill its later positions with pad_id",
+    "newest_only": "the decoder saw only the newest token: pass the whole prefix so far "
+    "(BOS and every token chosen), model.decode(tokens, memory, src)",
+    "one_short": "one token short of max_len: max_len counts the generated tokens, BOS not "
+    "included, so run max_len steps",
+    # After one_short: with max_len=3 both stop after two tokens; max_len=8 tells them apart.
     "any_stop": "you stopped when the first sequence finished; stop when every sequence has "
     "produced EOS (finished.all())",
 }
+
+
+def _name_greedy_bug(got: Tensor, model: nn.Module, src: Tensor, max_len: int) -> None:
+    """Raise ``Fail`` naming the planted mistake whose output equals ``got``, if any."""
+    for bug, message in _GREEDY_BUGS.items():
+        if torch.equal(_trim(got), _trim(_greedy_variant(model, src, max_len, bug))):
+            raise Fail(message)
 
 
 def _trim(tokens: Tensor) -> Tensor:
@@ -133,43 +148,49 @@ def _decode_with(fn, model: nn.Module, src: Tensor, max_len: int, timeout: float
     return got.long()
 
 
-def _greedy_steps(fn: Callable[..., Any], timeout: float | None) -> str:
-    model = _ReversalModel()
-    src = torch.tensor(
-        [[BOS, 4, 5, 6, 7, EOS], [BOS, 8, 9, EOS, PAD, PAD], [BOS, 10, EOS, PAD, PAD, PAD]]
-    )
+_REVERSAL_SOURCES = [
+    [BOS, 4, 5, 6, 7, EOS],
+    [BOS, 8, 9, EOS, PAD, PAD],
+    [BOS, 10, EOS, PAD, PAD, PAD],
+]
+
+
+def _reversal_case(fn: Callable[..., Any], max_len: int, timeout: float | None) -> None:
+    """Decode the perfect reversal model; max_len=3 cuts the longest answer (5 tokens) short."""
+    model, src = _ReversalModel(), torch.tensor(_REVERSAL_SOURCES)
     model.train()  # the learner's code must switch to eval mode itself
-    got = _decode_with(fn, model, src, 8, timeout)
+    got = _decode_with(fn, model, src, max_len, timeout)
     model.eval()
-    expected = greedy_decode(model, src, BOS, EOS, max_len=8, pad_id=PAD, use_cache=False)
-    if not torch.equal(_trim(got), _trim(expected)):
-        if model.calls_in_training:
-            raise Fail(
-                "the model ran in training mode (dropout on): call model.eval() before decoding"
-            )
-        for bug, message in _GREEDY_BUGS.items():
-            if torch.equal(_trim(got), _trim(_greedy_variant(model, src, 8, bug))):
-                raise Fail(message)
-        raise Fail(f"for reversal, decoded {got.tolist()}, expected {expected.tolist()}")
-    torch.manual_seed(0)
-    config = ModelConfig(
-        VOCAB,
-        VOCAB,
-        d_model=16,
-        n_heads=4,
-        n_encoder_layers=1,
-        n_decoder_layers=1,
-        d_ff=32,
-        dropout=0.1,
-        max_len=8,
+    expected = greedy_decode(model, src, BOS, EOS, max_len, PAD, use_cache=False)
+    if torch.equal(_trim(got), _trim(expected)):
+        return
+    if model.calls_in_training:
+        raise Fail("the model ran in training mode (dropout on): call model.eval() before decoding")
+    _name_greedy_bug(got, model, src, max_len)
+    raise Fail(
+        f"for reversal with max_len={max_len}, decoded {got.tolist()}, expected {expected.tolist()}"
     )
-    transformer = Transformer(config).eval()
+
+
+def _transformer_case(fn: Callable[..., Any], timeout: float | None) -> None:
+    """Decode a small random Transformer, whose rows end at different steps."""
+    torch.manual_seed(0)
+    config = ModelConfig(VOCAB, VOCAB, d_model=16, n_heads=4, n_encoder_layers=1,
+                         n_decoder_layers=1, d_ff=32, dropout=0.1, max_len=8)  # fmt: skip
+    transformer, src = Transformer(config).eval(), torch.tensor(_REVERSAL_SOURCES)
     got = _decode_with(fn, transformer, src, 5, timeout)
     expected = greedy_decode(transformer, src, BOS, EOS, max_len=5, pad_id=PAD)
     if not torch.equal(_trim(got), _trim(expected)):
+        _name_greedy_bug(got, transformer, src, 5)
         raise Fail(
             f"with a small Transformer and max_len=5, decoded {got.tolist()}, expected {expected.tolist()}"
         )
+
+
+def _greedy_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    for max_len in (8, 3):
+        _reversal_case(fn, max_len, timeout)
+    _transformer_case(fn, timeout)
     return "eval mode, last-position argmax, pad after EOS, stop when all finish or at max_len"
 
 

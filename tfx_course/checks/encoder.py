@@ -70,6 +70,8 @@ def _ff_steps(factory: Callable[..., Any], timeout: float | None) -> str:
                 l2(l1(x))
             ),
             "GELU instead of ReLU: the paper's block uses ReLU": lambda: l2(F.gelu(l1(x))),
+            "linear1's bias is added after the ReLU: apply linear1 whole (weight and bias), "
+            "then the ReLU": lambda: l2(F.relu(x @ l1.weight.T) + l1.bias),
             "the block adds its input: return linear2(...) only, the layer around it adds the "
             "residual": lambda: x + l2(F.relu(l1(x))),
         }
@@ -93,17 +95,15 @@ def _encoder_variant(ref: EncoderLayer, x: Tensor, mask: Tensor, pre: bool, bug:
     norm2 = ref.norm1 if bug == "norm1_twice" else ref.norm2
     if bug == "other_mode":
         pre = not pre
+    skips = {"no_attn_residual": (0, 1), "no_ff_residual": (1, 0)}.get(bug, (1, 1))
+    skips = {"attn_residual_twice": (2, 1), "ff_residual_twice": (1, 2)}.get(bug, skips)
     if pre:
         h = ref.norm1(x)
         kv = x if bug == "raw_kv" else h
-        a = ref.self_attn(h, kv, kv, attn_mask)[0]
-        x = a if bug == "no_attn_residual" else x + a
-        f = ref.ff(norm2(x))
-        return f if bug == "no_ff_residual" else x + f
-    a = ref.self_attn(x, x, x, attn_mask)[0]
-    x = ref.norm1(a if bug == "no_attn_residual" else x + a)
-    f = ref.ff(x)
-    return norm2(f if bug == "no_ff_residual" else x + f)
+        x = skips[0] * x + ref.self_attn(h, kv, kv, attn_mask)[0]
+        return skips[1] * x + ref.ff(norm2(x))
+    x = ref.norm1(skips[0] * x + ref.self_attn(x, x, x, attn_mask)[0])
+    return norm2(skips[1] * x + ref.ff(x))
 
 
 def _encoder_bugs(pre: bool) -> dict[str, str]:
@@ -118,6 +118,10 @@ def _encoder_bugs(pre: bool) -> dict[str, str]:
         "feed-forward block",
         "raw_kv": "keys and values come from the raw x; in Pre-LN the query, key and value "
         "are all norm1(x)",
+        "attn_residual_twice": f"with {mode}, the residual around self-attention is added twice: "
+        f"add x once, {wanted}",
+        "ff_residual_twice": f"with {mode}, the residual around the feed-forward block is added "
+        f"twice: add its input once, {wanted}",
     }
 
 

@@ -83,6 +83,13 @@ def _layer_norm_steps(fn: Callable[..., Any], timeout: float | None) -> str:
             F.layer_norm(x.transpose(-2, -1), (4,), None, None, eps).transpose(-2, -1) * weight
             + bias
         ),
+        "normalised over the batch axis (dim=0): LayerNorm normalises each position's own "
+        "features, the last axis (dim=-1); across the batch is BatchNorm": lambda: (
+            normed(x.var(0, correction=0, keepdim=True), x.mean(0, keepdim=True)) * weight + bias
+        ),
+        "divided by the variance: divide by the standard deviation, torch.sqrt(var + eps)": lambda: (
+            (x - mean) / (biased + eps) * weight + bias
+        ),
     }
     diagnose(got, mistakes, atol=1e-4)
     raise Fail(f"the result differs from nn.LayerNorm by up to {max_gap(got, expected):.3g}")
@@ -130,6 +137,12 @@ def _residual_steps(fn: Callable[..., Any], pre: bool, timeout: float | None) ->
                 f(norm(x)) if pre else norm(f(x))
             ),
             "the residual adds norm(x); add the raw input x": lambda: norm(x) + f(norm(x)),
+            "the residual is added twice: add the input x once, "
+            + ("x + sublayer(norm(x))" if pre else "norm(x + sublayer(x))"): lambda: (
+                2 * x + f(norm(x)) if pre else norm(2 * x + f(x))
+            ),
+            "the residual is added again after the norm: Post-LN returns norm(x + sublayer(x)) "
+            "as it is": lambda: x + norm(x + f(x)),
             "the norm is missing": lambda: x + f(x),
             "the norm is applied to the sublayer's output; "
             + ("Pre-LN normalises its input" if pre else "Post-LN normalises the sum"): lambda: (

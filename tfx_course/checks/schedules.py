@@ -46,6 +46,12 @@ _SCHEDULE_BUGS: dict[str, Callable[[int, int, int], float]] = {
     "off by one: steps count from 1, use step as it is": lambda s, d, w: (
         d**-0.5 * min((s + 1) ** -0.5, (s + 1) * w**-1.5)
     ),
+    "steps counted from 0: step 1 must already get d_model^-0.5 * warmup^-1.5, not 0; use "
+    "step as it is, not step - 1": lambda s, d, w: (
+        d**-0.5 * min((s - 1) ** -0.5 if s > 1 else math.inf, (s - 1) * w**-1.5)
+    ),
+    "the warmup branch counts steps from 0: it is step * warmup^-1.5 with step from 1, so "
+    "step 1 gets more than 0": lambda s, d, w: d**-0.5 * min(s**-0.5, (s - 1) * w**-1.5),
 }
 
 _STEPS = {(512, 4000): (1, 10, 2000, 3999, 4000, 4001, 8000, 100000), (64, 10): tuple(range(1, 31))}
@@ -127,6 +133,10 @@ _COSINE_BUGS = {
         "linear"
     ),
     "after max_steps the rate stays at its minimum: clamp progress at 1": _cosine_bug("no_clamp"),
+    "steps counted from 0: your schedule is one step late everywhere (step 1 gets 0, not "
+    "lr / warmup_steps); use step as it is, not step - 1": lambda s, lr, w, n, r: _cosine(
+        s - 1, lr, w, n, r
+    ),
 }
 
 _COSINE_SETTINGS = [(1e-3, 4, 20, 0.1), (2e-3, 100, 700, 0.05), (0.5, 1, 10, 0.0)]

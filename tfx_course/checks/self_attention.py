@@ -176,7 +176,30 @@ def check_causal_mask(fn: Callable[..., Any], timeout: float | None = None) -> C
 # --- masked softmax -----------------------------------------------------------------
 
 
+_INVERTED = (
+    "mask inverted: True means 'may attend'; fill the scores where the mask is False: "
+    "scores.masked_fill(~mask, ...)"
+)
+
+
+def _inverted_with_inf(weights: Any, scores: Tensor, mask: Tensor | None) -> None:
+    """Name an inverted mask before blaming -inf: with -inf, an inverted mask gives NaN rows.
+
+    The last row of a causal mask allows every key; inverted, it blocks them all, and a row
+    of -inf scores has no softmax. The NaN is the symptom, the inverted mask the bug.
+    """
+    if mask is None or not isinstance(weights, Tensor) or weights.shape != scores.shape:
+        return
+    if not weights.dtype.is_floating_point or torch.isfinite(weights).all():
+        return
+    inverted = scores.masked_fill(mask, float("-inf")).softmax(-1)
+    both = weights.detach().double(), inverted.double()
+    if torch.allclose(*both, atol=1e-5, rtol=1e-4, equal_nan=True):
+        raise Fail(_INVERTED)
+
+
 def _check_weights(got: Any, scores: Tensor, mask: Tensor | None, what: str) -> Tensor:
+    _inverted_with_inf(got, scores, mask)
     got = expect_tensor(got, what, dtype=scores.dtype)
     expect_tensor(got, what, shape=scores.shape)
     expected = scores.softmax(-1) if mask is None else mask_scores(scores, mask).softmax(-1)
@@ -189,8 +212,7 @@ def _check_weights(got: Any, scores: Tensor, mask: Tensor | None, what: str) -> 
     }
     if mask is not None:
         mistakes |= {
-            "mask inverted: True means 'may attend'; fill the scores where the mask is "
-            "False: scores.masked_fill(~mask, ...)": lambda: mask_scores(scores, ~mask).softmax(-1),
+            _INVERTED: lambda: mask_scores(scores, ~mask).softmax(-1),
             "masked after the softmax, so rows no longer sum to 1: fill the blocked scores "
             "before the softmax": lambda: scores.softmax(-1) * mask,
             "blocked scores filled with 0, which still gets weight: fill them with "
@@ -340,6 +362,8 @@ def _attention_steps(fn: Callable[..., Any], timeout: float | None) -> str:
         mask=mask,
         timeout=timeout,
     )
+    if isinstance(got, tuple | list) and len(got) == 2:
+        _inverted_with_inf(got[1], q5 @ k.transpose(-2, -1) / math.sqrt(q5.shape[-1]), mask)
     out_m, weights_m = expect_pair(got, "with a mask, it")
     expect_tensor(weights_m, "with a mask, the weights", shape=(2, 3, 5, 5))
     _diagnose_masked(weights_m, out_m, q5, k, v, mask)

@@ -67,6 +67,18 @@ def _smoothing_variants(logits: Tensor, targets: Tensor, eps: float, pad: int) -
             -(q * logits.softmax(-1)).sum(-1)
         ),
         "used the raw logits: take log_softmax(logits, dim=-1) first": mean(-(q * logits).sum(-1)),
+        "smoothing is applied twice: mix the one-hot target with the uniform distribution "
+        "once, (1 - smoothing) * one_hot + smoothing / V": mean(
+            (1 - eps) ** 2 * nll + (1 - (1 - eps) ** 2) * uniform
+        ),
+        "the pad column is left out of the smoothing: like PyTorch, give every class "
+        "smoothing / V, the pad id included; skip padded positions, not the pad class": mean(
+            (1 - eps) * nll + eps * (-logp.sum(-1) + logp[..., pad]) / (V - 1)
+        ),
+        "the pad column (and the target) are left out of the smoothing: like PyTorch, give "
+        "every class smoothing / V, and the target 1 - smoothing on top": mean(
+            (1 - eps) * nll + eps * (-logp.sum(-1) + logp[..., pad] - nll) / (V - 2)
+        ),
     }
 
 

@@ -408,6 +408,13 @@ def _pad_id_and_device(model: nn.Module, pad_id: int | None) -> tuple[int, torch
         ) from None
 
 
+def _check_batches(batches: Sequence[Seq2SeqBatch]) -> None:
+    if not isinstance(batches, Sequence) or len(batches) == 0:
+        raise ValueError(
+            "train_batches must be a non-empty list of Seq2SeqBatch (see make_batches)"
+        )
+
+
 class _Run:
     """The state one call of ``fit`` carries from step to step: optimizer, schedule, history."""
 
@@ -441,6 +448,29 @@ class _Run:
         self.history.train_tokens += tokens
         self.history.record(self.step, loss, lr, grad_norm)
         return loss
+
+    def step_on(self, batch: Seq2SeqBatch, bar: tqdm) -> bool:
+        """Train on ``batch`` and advance ``bar``; return False (and say so) if the loss diverged."""
+        loss = self.train_on(batch)
+        bar.update(1)
+        if math.isfinite(loss):
+            return True
+        self.history.diverged_at = self.step
+        if not bar.disable:
+            bar.write(
+                f"stopped at step {self.step}: the loss is {loss} (lower lr or longer warmup?)"
+            )
+        return False
+
+    def validation_due(self) -> bool:
+        """Validate every ``eval_every`` steps and at the end of the schedule."""
+        every = self.config.eval_every
+        return (every is not None and self.step % every == 0) or self.step == self.config.max_steps
+
+    def summary(self, show_speed: bool) -> str:
+        """Return the progress bar's text: loss, lr, validation results and perhaps the speed."""
+        speed = f", tok/s={self.history.tokens_per_second:.0f}" if show_speed else ""
+        return self.history.summary() + speed
 
     def validate(self, batches: Sequence[Seq2SeqBatch], on_validate: _OnValidate | None) -> None:
         """Record the validation loss and ``on_validate``'s metrics (rank 0 alone: no collectives)."""
@@ -498,35 +528,24 @@ def fit(
     passes the same ``train_batches`` and trains on its rows of each (``shard_batch``);
     only rank 0 shows progress, validates and writes checkpoints.
     """
-    if not isinstance(train_batches, Sequence) or len(train_batches) == 0:
-        raise ValueError(
-            "train_batches must be a non-empty list of Seq2SeqBatch (see make_batches)"
-        )
+    _check_batches(train_batches)
     run = _Run(model, config, pad_id)
     run.start(checkpoint_path, resume)
     end = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
     shown = progress and run.lead
     bar = tqdm(total=config.max_steps, initial=run.step, desc="train", disable=not shown)
     model.train()
-    started = time.perf_counter()
+    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
     for batch in _batch_stream(train_batches, run.step, end, config):
-        loss = run.train_on(batch)
-        bar.update(1)
-        if not math.isfinite(loss):
-            run.history.diverged_at = run.step
-            if shown:
-                bar.write(f"stopped at step {run.step}: the loss is {loss} (lower lr or longer warmup?)")  # fmt: skip
+        if not run.step_on(batch, bar):  # the loss is not finite: the run stops
             break
-        due = config.eval_every is not None and run.step % config.eval_every == 0
-        if run.lead and val_batches and (due or run.step == config.max_steps):
+        if run.lead and val_batches and run.validation_due():
             run.validate(val_batches, on_validate)
         if run.step % config.log_every == 0 or run.step == end:
-            speed = f", tok/s={run.history.tokens_per_second:.0f}" if show_speed else ""
-            bar.set_postfix_str(run.history.summary() + speed, refresh=False)
+            bar.set_postfix_str(run.summary(show_speed), refresh=False)
         if checkpoint_path is not None and run.step % (config.checkpoint_every or end + 1) == 0:
             run.save(checkpoint_path, extra)
-        out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
-        if any_process(out_of_time, run.device):
+        if any_process(time.perf_counter() > deadline, run.device):
             break
     bar.close()
     if checkpoint_path is not None and run.saved_at != run.step:

@@ -258,18 +258,7 @@ def plot_position_changes(
     (the point of an encoder, a leak of the future in a decoder). ``logy`` uses a base-10
     scale, for changes of very different sizes; a change of exactly 0 then draws no bar.
     """
-    if not changes:
-        raise ValueError("changes is empty: pass a dict like {'causal mask': per_position_change}")
-    bars = {}
-    for label, values in changes.items():
-        y = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
-        bars[label] = np.asarray(y, dtype=np.float64)
-    lengths = {label: y.shape for label, y in bars.items()}
-    if any(len(shape) != 1 for shape in lengths.values()) or len(set(lengths.values())) != 1:
-        raise ValueError(
-            f"each entry of changes must be one value per position, all of the same length "
-            f"(T,); got shapes {lengths}; reduce the feature axis first, e.g. .abs().amax(-1)"
-        )
+    bars = _per_position(changes)
     n_positions = next(iter(bars.values())).shape[0]
     bad = [p for p in changed if not 0 <= p < n_positions]
     if bad:
@@ -282,17 +271,7 @@ def plot_position_changes(
     for i, (label, y) in enumerate(bars.items()):
         offset = (i - (len(bars) - 1) / 2) * width
         handles.append(ax.bar(np.arange(n_positions) + offset, y, width, label=label))
-    runs: list[list[int]] = []  # neighbouring positions share one shaded span
-    for p in sorted(set(changed)):
-        if runs and p == runs[-1][1] + 1:
-            runs[-1][1] = p
-        else:
-            runs.append([p, p])
-    for i, (first, last) in enumerate(runs):
-        span = ax.axvspan(first - 0.5, last + 0.5, color="#f2d7a6", alpha=0.6, zorder=0)
-        if i == 0:
-            span.set_label("edited input")
-            handles.append(span)
+    handles += _shade_positions(ax, changed)
     ax.set_xticks(range(n_positions), x_labels if x_labels is not None else range(n_positions))
     ax.set_xlim(-0.5, n_positions - 0.5)
     if logy:
@@ -302,6 +281,40 @@ def plot_position_changes(
     ax.set_ylabel(ylabel)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return ax
+
+
+def _per_position(changes: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor]) -> dict:
+    """Return each entry of ``changes`` as a float array, all (T,), or say what to pass."""
+    if not changes:
+        raise ValueError("changes is empty: pass a dict like {'causal mask': per_position_change}")
+    bars = {}
+    for label, values in changes.items():
+        y = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+        bars[label] = np.asarray(y, dtype=np.float64)
+    lengths = {label: y.shape for label, y in bars.items()}
+    if any(len(shape) != 1 for shape in lengths.values()) or len(set(lengths.values())) != 1:
+        raise ValueError(
+            f"each entry of changes must be one value per position, all of the same length "
+            f"(T,); got shapes {lengths}; reduce the feature axis first, e.g. .abs().amax(-1)"
+        )
+    return bars
+
+
+def _shade_positions(ax: Axes, changed: Sequence[int]) -> list:
+    """Shade the edited positions, neighbours in one span; return the legend handle (or none)."""
+    runs: list[list[int]] = []
+    for p in sorted(set(changed)):
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    spans = [
+        ax.axvspan(first - 0.5, last + 0.5, color="#f2d7a6", alpha=0.6, zorder=0)
+        for first, last in runs
+    ]
+    if spans:
+        spans[0].set_label("edited input")
+    return spans[:1]
 
 
 def _series(history: object, name: str) -> np.ndarray:

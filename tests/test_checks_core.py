@@ -135,7 +135,7 @@ def test_not_attempted_hanging_and_raising_answers_fail_without_crashing():
 
 def test_every_exercise_has_three_named_bugs_and_an_alternative():
     # Each test_checks_<topic>.py plants bugs (BUGS) and other correct answers (ALTERNATIVES).
-    from tfx_course.exercises import LESSONS
+    from tfx_course.grading.exercises import LESSONS
 
     bugs, alternatives = {}, {}
     for path in sorted(Path(__file__).parent.glob("test_checks_*.py")):

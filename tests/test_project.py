@@ -125,7 +125,7 @@ def test_setup_keeps_nbgrader_out_of_the_learners_jupyterlab():
 
 
 def test_readme_lists_every_exercise_of_every_lesson():
-    from tfx_course.exercises import LESSONS
+    from tfx_course.grading.exercises import LESSONS
 
     readme = (ROOT / "README.md").read_text()
     for lesson, names in LESSONS.items():

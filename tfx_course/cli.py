@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_train_command(sub)
     _add_translate_command(sub)
-    from tfx_course.grade_cli import add_commands as add_grade_commands
+    from tfx_course.grading.cli import add_commands as add_grade_commands
 
     add_grade_commands(sub)
     return parser

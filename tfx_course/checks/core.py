@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +32,16 @@ RAISE_ENV = "TFX_COURSE_RAISE_ON_FAIL"  # "1": a failed check raises (for nbgrad
 NOT_ATTEMPTED = "not attempted yet"
 
 
+# A verdict line: "PASS [name] message" or "FAIL [name] message", what learners see and what
+# the grader reads back when a kernel did not write the results file.
+VERDICT_LINE = re.compile(r"^(PASS|FAIL) \[([A-Za-z0-9_.\-]+)\] (.*)$", re.MULTILINE)
+
+
+def verdict(passed: bool) -> str:
+    """Return the word a verdict line starts with: PASS or FAIL."""
+    return "PASS" if passed else "FAIL"
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """The verdict of one check: its name, whether it passed, and what to do next."""
@@ -40,7 +51,7 @@ class CheckResult:
     message: str
 
     def __str__(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'} [{self.name}] {self.message}"
+        return f"{verdict(self.passed)} [{self.name}] {self.message}"
 
     def __bool__(self) -> bool:
         return self.passed

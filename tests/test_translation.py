@@ -168,7 +168,7 @@ def test_cli_train_parses_its_options():
 
 
 def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypatch, load_script):
-    gpu_run = load_script("benchmarks/gpu_run.py")
+    gpu_run = load_script("tools/gpu/gpu_run.py")
     out = tmp_path / "results"
     argv = ["--smoke", "--out", str(out), "--run-dir", str(tmp_path / "run")]
     # A bare GPU machine has no matplotlib: the run must still finish, then --replot draws.
@@ -207,7 +207,7 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
 
 
 def test_gpu_script_resumes_with_the_schedule_it_planned(tmp_path, data_root, load_script):
-    gpu_run = load_script("benchmarks/gpu_run.py")
+    gpu_run = load_script("tools/gpu/gpu_run.py")
     argv = ["--smoke", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "run")]
     argv += ["--data-root", str(data_root)]
     # A budget far too small for the preset's 4 steps: the plan cuts the schedule to 1 step.
@@ -224,7 +224,7 @@ def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_pa
     env = {**os.environ, "TFX_COURSE_DATA": str(data_root), "PRESETS": "gpu-base gpu-small"}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
     done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "0.05", str(out), "--smoke", "--run-dir", str(tmp_path / "run")],
+        ["bash", str(REPO / "tools" / "gpu" / "gpu_machine.sh"), "0.05", str(out), "--smoke", "--run-dir", str(tmp_path / "run")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -236,14 +236,14 @@ def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_pa
     assert json.loads((out / "gpu_base_smoke.json").read_text())["plan"]["budget_seconds"] == 3.0
     whole = tmp_path / "whole"  # budget 0: the preset's whole schedule, no plan
     done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "0", str(whole), "--smoke", "--run-dir", str(tmp_path / "run0")],
+        ["bash", str(REPO / "tools" / "gpu" / "gpu_machine.sh"), "0", str(whole), "--smoke", "--run-dir", str(tmp_path / "run0")],
         cwd=REPO, env={**env, "PRESETS": "gpu-base"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     saved = json.loads((whole / "gpu_base_smoke.json").read_text())
     assert saved["plan"] is None and saved["steps"] == 4 and saved["finished_schedule"]
     missing = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "1", str(out)],
+        ["bash", str(REPO / "tools" / "gpu" / "gpu_machine.sh"), "1", str(out)],
         cwd=REPO, env={**env, "TFX_COURSE_DATA": str(tmp_path / "nothing")}, capture_output=True, text=True,
     )  # fmt: skip
     assert missing.returncode == 2 and "no Multi30k in" in missing.stderr
@@ -256,7 +256,7 @@ def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_pa
 def test_gpu_plan_fills_the_budget_without_passing_it(
     budget, per_step, per_validation, eval_every, load_script
 ):
-    steps_within = load_script("benchmarks/gpu_run.py").steps_within
+    steps_within = load_script("tools/gpu/gpu_run.py").steps_within
 
     def cost(n: int) -> float:
         return n * per_step + (n / eval_every + 1) * per_validation
@@ -268,7 +268,7 @@ def test_gpu_plan_fills_the_budget_without_passing_it(
 
 
 def test_gpu_plan_times_steps_after_the_slow_first_pass(data_root, monkeypatch, load_script):
-    gpu_run = load_script("benchmarks/gpu_run.py")
+    gpu_run = load_script("tools/gpu/gpu_run.py")
     data = gpu_run.prepare_data(gpu_run.SMOKE, data_root)
     seen: set[int] = set()
 

@@ -182,11 +182,11 @@ def export_course_checkpoint(
     return results
 
 
-GPU_RESULTS = COURSE_CHECKPOINT.parents[1] / "results"  # benchmarks/gpu_run.py writes here
+GPU_RESULTS = COURSE_CHECKPOINT.parents[1] / "results"  # tools/gpu/gpu_run.py writes here
 
 
 def gpu_results_summary(path: str | os.PathLike) -> str | None:
-    """Return a short report of a ``benchmarks/gpu_run.py`` results file, or None if absent.
+    """Return a short report of a ``tools/gpu/gpu_run.py`` results file, or None if absent.
 
     One line each: device, parameters, steps, training time and throughput, and the test2016
     sacreBLEU scores (cased and lower-cased) of every decoder that was scored.

@@ -1,8 +1,8 @@
 """The course's trained German-to-English model: export it, load it, score it on test2016.
 
 A trained run (``tfx_course.translation.train_translation``) leaves a full training checkpoint
-(weights, optimizer, schedule). The course ships only what translation needs, in
-``checkpoints/course/``:
+(weights, optimizer, schedule). The course ships only what translation needs, as package data
+in ``tfx_course/course_checkpoint/`` (so an installed package has it too):
 
 - ``model.pt``: the weights in half precision and the ``ModelConfig``, readable with
   ``torch.load(weights_only=True)`` (a checkpoint cannot run code when loaded);
@@ -32,7 +32,6 @@ from tfx_course.model import ModelConfig, Transformer
 from tfx_course.training import load_checkpoint
 
 __all__ = [
-    "GPU_RESULTS",
     "gpu_results_summary",
     "MODEL_FORMAT",
     "COURSE_CHECKPOINT",
@@ -51,8 +50,8 @@ MODEL_FORMAT = "tfx_course.model/1"
 SUBSET_SIZE = 100  # test2016 sentences the checkpoint test re-scores (first n, in file order)
 BEAM_SIZE = 5  # beam width of the recorded beam-search score
 LENGTH_PENALTY = 0.6  # decoding.translate's default GNMT alpha, recorded beside the beam score
-# The repository's copy; $TFX_COURSE_CHECKPOINT points elsewhere (e.g. an installed package).
-COURSE_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "course"
+# Package data, installed with the package; $TFX_COURSE_CHECKPOINT points elsewhere.
+COURSE_CHECKPOINT = Path(__file__).resolve().parent / "course_checkpoint"
 
 
 def course_checkpoint_dir() -> Path:
@@ -97,14 +96,15 @@ def load_course_model(
 ) -> tuple[Transformer, SubwordTokenizer]:
     """Return the shipped course model (eval mode) and its tokenizer.
 
-    ``folder`` defaults to ``course_checkpoint_dir()`` (``checkpoints/course`` in the repository).
+    ``folder`` defaults to ``course_checkpoint_dir()`` (the package's ``course_checkpoint/``).
     """
     folder = Path(folder) if folder is not None else course_checkpoint_dir()
     missing = [n for n in ("model.pt", "tokenizer.json") if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{', '.join(missing)} not found in {folder}; the course model ships in the "
-            "repository's checkpoints/course/ (set TFX_COURSE_CHECKPOINT to another folder)"
+            f"{', '.join(missing)} not found in {folder}; the course model ships inside the "
+            "package, in tfx_course/course_checkpoint/ (set TFX_COURSE_CHECKPOINT to use another "
+            "folder)"
         )
     return load_model(folder / "model.pt", device), SubwordTokenizer.load(folder / "tokenizer.json")
 
@@ -182,11 +182,11 @@ def export_course_checkpoint(
     return results
 
 
-GPU_RESULTS = COURSE_CHECKPOINT.parents[1] / "results"  # tools/gpu/gpu_run.py writes here
-
-
 def gpu_results_summary(path: str | os.PathLike) -> str | None:
     """Return a short report of a ``tools/gpu/gpu_run.py`` results file, or None if absent.
+
+    The caller names the file (e.g. the repository's ``results/gpu_base.json``): the package
+    never looks for it.
 
     One line each: device, parameters, steps, training time and throughput, and the test2016
     sacreBLEU scores (cased and lower-cased) of every decoder that was scored.

@@ -21,6 +21,7 @@ prints the median time of each and the median speed-up of ``cached`` over the ot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -107,7 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     seed_everything(0)
-    model = Transformer(preset.model_config(args.vocab_size or preset.vocab_size))
+    vocab = args.vocab_size or preset.vocab_size
+    model = Transformer(
+        dataclasses.replace(preset.model, src_vocab_size=vocab, tgt_vocab_size=vocab)
+    )
     with torch.no_grad():
         model.lm_head.bias[EOS_ID] = -1e4  # never stop early: exactly L tokens per run
     model = model.to(args.device).eval()

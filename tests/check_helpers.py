@@ -36,3 +36,8 @@ def planted_bug_tests(
         assert result.passed, result.message
 
     return test_planted_bug_is_named, test_other_correct_implementation_passes
+
+
+def bugged(cls: type, bug: str) -> type:
+    """Return a subclass of a test module that plants ``bug`` (it reads ``self.bug``)."""
+    return type(f"{cls.__name__}_{bug}", (cls,), {"bug": bug})

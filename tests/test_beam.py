@@ -9,10 +9,17 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from stand_in import PrefixDecoding
 from torch import nn
 
 from tfx_course.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
-from tfx_course.decoding import beam_search, gnmt_length_penalty, greedy_decode, score_sequences
+from tfx_course.decoding import (
+    beam_search,
+    beam_step,
+    gnmt_length_penalty,
+    greedy_decode,
+    score_sequences,
+)
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.repro import seed_everything
 
@@ -26,18 +33,17 @@ class ScriptConfig:
     pad_id: int = PAD_ID
 
 
-class PrefixScripted(nn.Module):
+class PrefixScripted(PrefixDecoding, nn.Module):
     """A model whose next-token probabilities are a fixed function of (sentence, prefix).
 
-    ``probs(sentence, prefix)`` returns {token: probability}; sentence is src[b, 0]. The
-    model has no cache, so beam search re-decodes the prefix (the cache is tested elsewhere).
+    ``probs(sentence, prefix)`` returns {token: probability}; sentence is src[b, 0]. Its
+    "cache" keeps the prefix and re-decodes it (the real KV cache is tested elsewhere).
     """
 
     def __init__(self, probs, vocab_size: int = 8, max_len: int = 6) -> None:
         super().__init__()
         self.config = ScriptConfig(max_len)
         self.probs, self.vocab_size = probs, vocab_size
-        self.weight = nn.Parameter(torch.zeros(1))  # gives the model a device
 
     def encode(self, src):
         return torch.zeros(*src.shape, 1)
@@ -186,8 +192,21 @@ def test_beam_search_checks_its_arguments():
         beam_search(model, src, beam_size=30)
     with pytest.raises(ValueError, match="length_penalty=-1 must be >= 0"):
         beam_search(model, src, length_penalty=-1)
-    with pytest.raises(ValueError, match="use_cache=True, but PrefixScripted has no"):
-        beam_search(PrefixScripted(_random_probs), src, use_cache=True)
     lengths = torch.tensor([1, 4])
     assert gnmt_length_penalty(lengths, 0.0).tolist() == [1.0, 1.0]
     assert gnmt_length_penalty(lengths, 1.0).tolist() == pytest.approx([1.0, 1.5])
+
+
+def test_beam_step_keeps_the_best_candidates_of_an_exhaustive_search():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 3, generator=gen)
+    log_probs = torch.randn(2, 3, 5, generator=gen).log_softmax(-1)
+    new, origin, token = beam_step(scores, log_probs, 4)
+    for b in range(2):
+        every = sorted(
+            (scores[b, i].item() + log_probs[b, i, v].item() for i in range(3) for v in range(5)),
+            reverse=True,
+        )
+        assert new[b].tolist() == pytest.approx(every[:4])
+        implied = scores[b, origin[b]] + log_probs[b, origin[b], token[b]]
+        assert implied.tolist() == pytest.approx(new[b].tolist())

@@ -13,6 +13,8 @@ from tfx_course.data.bpe import (
     format_merge_history,
     learn_bpe,
     merge_history,
+    merge_pair,
+    pair_counts,
     split_word,
     word_counts,
 )
@@ -136,3 +138,12 @@ def test_bad_input_gets_clear_errors():
         learn_bpe({"low": 0}, 3)
     with pytest.raises(ValueError, match="one word"):
         apply_bpe("low lower", [])
+
+
+def test_pair_counts_and_merge_pair_drive_the_lessons_bpe():
+    corpus = {("l", "o", "w", "</w>"): 5, ("l", "o", "w", "e", "r", "</w>"): 2}
+    counts = pair_counts(corpus)
+    assert counts[("l", "o")] == 7 and counts[("e", "r")] == 2
+    assert sum(counts.values()) == 3 * 5 + 5 * 2  # n - 1 pairs per word, weighted
+    assert learn_bpe(["low low lower"], 1)[0].pair == ("l", "o")
+    assert merge_pair(("a", "a", "a", "</w>"), ("a", "a")) == ("aa", "a", "</w>")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,3 +109,41 @@ def test_result_is_truthy_only_when_passed():
     bad = checks.check_causal_mask(_raises)
     assert bool(good) and not bool(bad)
     assert str(good).startswith("PASS [causal_mask] ")
+
+
+def test_hanging_and_raising_answers_fail_without_crashing():
+    def hang(*args, **kwargs):
+        while True:
+            pass
+
+    assert "did not return within 0.5 s" in checks.check_adamw_step(hang, timeout=0.5).message
+    assert "raised ZeroDivisionError" in checks.check_cosine_lr(lambda *a: 1 / 0).message
+
+
+def test_not_attempted_hanging_and_raising_answers_fail_without_crashing():
+    def todo(*args):
+        raise NotImplementedError("exercise 'beam_step': write your code here")
+
+    def hang(*args):
+        while True:
+            pass
+
+    assert checks.check_beam_step(todo).message.startswith("not attempted yet")
+    assert "did not return within 0.5 s" in checks.check_ngram_matches(hang, timeout=0.5).message
+    assert "raised KeyError" in checks.check_pair_counts(lambda c: {}["x"]).message
+
+
+def test_every_exercise_has_three_named_bugs_and_an_alternative():
+    # Each test_checks_<topic>.py plants bugs (BUGS) and other correct answers (ALTERNATIVES).
+    from tfx_course.grading.exercises import LESSONS
+
+    bugs, alternatives = {}, {}
+    for path in sorted(Path(__file__).parent.glob("test_checks_*.py")):
+        if path.stem != "test_checks_core":
+            module = importlib.import_module(path.stem)
+            bugs |= module.BUGS
+            alternatives |= module.ALTERNATIVES
+    exercises = [name for names in LESSONS.values() for name in names]
+    assert sorted(bugs) == sorted(exercises) == sorted(alternatives)
+    for name in exercises:
+        assert len(bugs[name]) >= 3 and len(alternatives[name]) >= 1, name

@@ -1,16 +1,16 @@
-"""Lesson 07's checks: planted bugs are named, other correct implementations pass."""
+"""The training checks (lessons 07 and 09): planted bugs are named,
+other correct implementations pass."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from check_helpers import planted_bug_tests
 
 from tfx_course import checks
-from tfx_course.decoding import greedy_decode
+from tfx_course.checks.training import adamw_reference
 from tfx_course.training import label_smoothed_cross_entropy
 
 
@@ -44,57 +44,111 @@ def _ls_flat(logits, targets, smoothing, pad_id):
     )
 
 
-def _noam(s, d, w):
-    return d**-0.5 * min(s**-0.5, s * w**-1.5)
+# --- clip_grad_norm -------------------------------------------------------------------
 
 
-def _greedy(
-    model,
-    src,
-    bos,
-    eos,
-    max_len,
-    pad,
-    *,
-    eval_mode=True,
-    position=-1,
-    pad_after=True,
-    stop="all",
-    keep_bos=False,
-    run_to_end=False,
-):
-    if eval_mode:
-        model.eval()
-    memory = model.encode(src)
-    tokens = torch.full((src.shape[0], 1), bos, dtype=torch.long)
-    done = torch.zeros(src.shape[0], dtype=torch.bool)
-    for _ in range(max_len):
-        nxt = model.decode(tokens, memory, src)[:, position].argmax(-1)
-        if pad_after:
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        tokens = torch.cat([tokens, nxt[:, None]], 1)
-        done = done | (nxt == eos)
-        if not run_to_end and (done.all() if stop == "all" else done.any()):
-            break
-    return tokens if keep_bos else tokens[:, 1:]
+def _clip(grads, max_norm, *, per_tensor=False, always=False, sum_norms=False, squared=False, after=False):  # fmt: skip
+    norms = [g.norm() for g in grads]
+    if per_tensor:
+        out = [g * min(1.0, max_norm / float(n)) for g, n in zip(grads, norms, strict=True)]
+        return out, math.sqrt(sum(float(n) ** 2 for n in norms))
+    total = sum(norms) if sum_norms else torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    if squared:
+        total = total**2
+    factor = max_norm / float(total) if always else min(1.0, max_norm / float(total))
+    out = [g * factor for g in grads]
+    if after:
+        return out, torch.sqrt(sum(g.pow(2).sum() for g in out))
+    return out, float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
 
 
-def _greedy_lists(model, src, bos, eos, max_len, pad):
-    """Correct, one sequence at a time, padded to the batch's longest output."""
-    model.eval()
-    rows = []
-    for b in range(src.shape[0]):
-        one = src[b : b + 1]
-        memory, out = model.encode(one), [bos]
-        while len(out) <= max_len and (len(out) == 1 or out[-1] != eos):
-            out.append(int(model.decode(torch.tensor([out]), memory, one)[0, -1].argmax()))
-        rows.append(out[1:])
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+def _clip_torch(grads, max_norm):
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return [p.grad for p in params], norm
+
+
+def _clip_cat(grads, max_norm):
+    total = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return [g * scale for g in grads], total
+
+
+def _clip_inplace(grads, max_norm):
+    total = math.sqrt(sum((g * g).sum().item() for g in grads))
+    if total > max_norm:
+        for g in grads:
+            g.mul_(max_norm / total)
+    return grads, total
+
+
+# --- adamw_step -----------------------------------------------------------------------
+
+
+def _adamw(p, g, m, v, step, lr, betas, eps, weight_decay, **bug):
+    return adamw_reference(p, g, m, v, step, lr, betas, eps, weight_decay, **bug)
+
+
+def _adamw_torch(p, g, m, v, step, lr, betas, eps, weight_decay):
+    param = torch.nn.Parameter(p.clone())
+    opt = torch.optim.AdamW([param], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    param.grad = g.clone()
+    opt.state[param] = {"step": torch.tensor(float(step - 1)), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}  # fmt: skip
+    opt.step()
+    state = opt.state[param]
+    return param.detach(), state["exp_avg"], state["exp_avg_sq"]
+
+
+def _adamw_written_out(p, g, m, v, step, lr, betas, eps, weight_decay):
+    b1, b2 = betas
+    m = m.mul(b1).add(g, alpha=1 - b1)
+    v = v.mul(b2).addcmul(g, g, value=1 - b2)
+    step_size = lr / (1 - b1**step)
+    denom = v.sqrt() / math.sqrt(1 - b2**step) + eps
+    p = p.mul(1 - lr * weight_decay).addcdiv(m, denom, value=-step_size)
+    return p, m, v
+
+
+def test_adamw_reference_follows_torch_over_several_steps():
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(5, generator=gen)
+    param = torch.nn.Parameter(start.clone())
+    opt = torch.optim.AdamW([param], lr=0.05, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.1)
+    p, m, v = start.clone(), torch.zeros(5), torch.zeros(5)
+    for step in range(1, 6):
+        grad = torch.randn(5, generator=gen)
+        param.grad = grad.clone()
+        opt.step()
+        p, m, v = adamw_reference(p, grad, m, v, step, 0.05, (0.9, 0.98), 1e-8, 0.1)
+        torch.testing.assert_close(p, param.detach())
+        torch.testing.assert_close(v, opt.state[param]["exp_avg_sq"])
+
+
+def _ls_twice(logits, targets, eps, pad):
+    V = logits.shape[-1]
+    q = (1 - eps) * F.one_hot(targets, V) + eps / V
+    q = (1 - eps) * q + eps / V  # smoothed again
+    keep = targets != pad
+    return (-(q * logits.log_softmax(-1)).sum(-1) * keep).sum() / keep.sum()
+
+
+def _ls_pad_column(logits, targets, eps, pad, *, target_too=False):
+    # The Annotated Transformer's way: the pad class (and the target) get no smoothing mass.
+    V = logits.shape[-1]
+    q = torch.full(logits.shape, eps / (V - 2 if target_too else V - 1))
+    q[..., pad] = 0
+    q = q.scatter(-1, targets[..., None], 1 - eps) if target_too else q + (1 - eps) * F.one_hot(targets, V)  # fmt: skip
+    keep = targets != pad
+    return (-(q * logits.log_softmax(-1)).sum(-1) * keep).sum() / keep.sum()
 
 
 BUGS = {
     "label_smoothing": [
+        (_ls_twice, "smoothing is applied twice"),
+        (_ls_pad_column, "the pad column is left out of the smoothing"),
+        (lambda *a: _ls_pad_column(*a, target_too=True), "the pad column (and the target)"),
         (lambda lo, t, e, p: _ls(lo, t, e, p, ignore=False), "padded positions count"),
         (lambda lo, t, e, p: _ls(lo, t, e, p, denominator="all"), "averaged over all B*T"),
         (lambda lo, t, e, p: _ls(lo, t, e, p, denominator="sum"), "returned the sum"),
@@ -104,61 +158,33 @@ BUGS = {
         (lambda lo, t, e, p: _ls(lo, t, e, 0), "use the pad_id argument"),
         (lambda lo, t, e, p: _ls(lo, t, e, p, denominator="real") * torch.ones(2), "scalar tensor"),
     ],
-    "warmup_schedule": [
-        (lambda s, d, w: min(s**-0.5, s * w**-1.5), "missing the factor d_model^-0.5"),
-        (lambda s, d, w: d**-0.5 * min(s**-0.5, s * w**-0.5), "warmup^-1.5"),
-        (lambda s, d, w: d**-0.5 * max(s**-0.5, s * w**-1.5), "use min, not max"),
-        (lambda s, d, w: _noam(s + 1, d, w), "off by one"),
-        (lambda s, d, w: _noam(s - 1, d, w), "step=1 must work"),
-        (lambda s, d, w: [_noam(s, d, w)], "return one finite number"),
+    "clip_grad_norm": [
+        (lambda g, n: _clip(g, n, per_tensor=True), "clipped on its own"),
+        (lambda g, n: _clip(g, n, always=True), "must stay as they are"),
+        (lambda g, n: _clip(g, n, sum_norms=True), "not the sum of the tensors' norms"),
+        (lambda g, n: _clip(g, n, squared=True), "take the square root"),
+        (lambda g, n: _clip(g, n, after=True), "the norm before clipping"),
+        (lambda g, n: _clip(g, n)[0], "one clipped tensor per gradient"),
+        (lambda g, n: (_clip(g, n)[0], "five"), "one number"),
     ],
-    "greedy_decode": [
-        (lambda *a: _greedy(*a, eval_mode=False), "call model.eval()"),
-        (lambda *a: _greedy(*a, position=0), "last position's logits"),
-        (lambda *a: _greedy(*a, pad_after=False), "fill its later positions with pad_id"),
-        (lambda *a: _greedy(*a, stop="any"), "stop when every sequence"),
-        (lambda *a: _greedy(*a, keep_bos=True), "starts with BOS"),
-        (lambda *a: _greedy(*a).float(), "token ids are integers"),
+    "adamw_step": [
+        (lambda *a, **k: _adamw(*a, **k, decoupled=False), "L2 penalty"),
+        (lambda *a, **k: _adamw(*a, **k, bias_correction=False), "bias correction"),
+        (lambda *a, **k: _adamw(*a, **k, eps_inside=True), "after the square root"),
+        (lambda *a, **k: _adamw(*a, **k, square=False), "squared gradient"),
+        (lambda *a, **k: _adamw(*a, **k, first_step=0), "step counts from 1"),
+        (lambda *a, **k: _adamw(*a, **k)[0], "three tensors"),
     ],
 }
 
 ALTERNATIVES = {
     "label_smoothing": [_ls, _ls_distribution, _ls_flat, label_smoothed_cross_entropy],
-    "warmup_schedule": [
-        _noam,
-        lambda s, d, w: np.float32(1.0) * (d**-0.5) * (s / w**1.5 if s < w else 1 / math.sqrt(s)),
-        lambda s, d, w: torch.tensor(d, dtype=torch.float64).rsqrt() * min(s**-0.5, s * w**-1.5),
-    ],
-    "greedy_decode": [
-        _greedy,
-        lambda *a: _greedy(*a, run_to_end=True),  # runs to max_len, padding after EOS
-        _greedy_lists,
-        lambda m, s, b, e, n, p: greedy_decode(m, s, b, e, max_len=n, pad_id=p),
-    ],
+    "clip_grad_norm": [_clip, _clip_torch, _clip_cat, _clip_inplace],
+    "adamw_step": [_adamw, _adamw_torch, _adamw_written_out],
 }
 
-CHECKS = {
-    "label_smoothing": checks.check_label_smoothing,
-    "warmup_schedule": checks.check_warmup_schedule,
-    "greedy_decode": checks.check_greedy_decode,
-}
+CHECKS = {name: getattr(checks, f"check_{name}") for name in BUGS}
 
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS
 )
-
-
-def test_a_decoder_that_never_stops_is_a_timeout_not_a_hang():
-    def forever(model, src, bos, eos, max_len, pad):
-        while True:
-            model.decode(torch.full((src.shape[0], 1), bos), model.encode(src), src)
-
-    result = checks.check_greedy_decode(forever, timeout=0.5)
-    assert not result.passed and "did not return within 0.5 s" in result.message
-
-
-def test_every_exercise_has_three_bugs_and_an_alternative():
-    from tfx_course.exercises import LESSONS
-
-    for name in LESSONS["07"]:
-        assert len(BUGS[name]) >= 3 and len(ALTERNATIVES[name]) >= 1, name

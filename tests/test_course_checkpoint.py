@@ -1,4 +1,4 @@
-"""The shipped course model in checkpoints/course/ loads safely and scores what it promises."""
+"""The course model shipped inside the package loads safely and scores what it promises."""
 
 from __future__ import annotations
 

@@ -21,9 +21,9 @@ from tfx_course.data.multi30k import (
     DownloadError,
     MissingDataError,
     Multi30kError,
-    check_multi30k,
     download_multi30k,
     load_multi30k,
+    multi30k_status,
 )
 from tfx_course.data.subword import train_subword_tokenizer
 
@@ -59,7 +59,7 @@ def test_real_first_pairs(data_root):
     )
     # SOURCE.md: line 15 of this val.de says "... auf ihrem Cello."
     assert load_multi30k("val", data_root)[14][0].endswith("auf ihrem Cello.")
-    assert check_multi30k(data_root) == dict.fromkeys(multi30k.MULTI30K_FILES, "ok")
+    assert multi30k_status(data_root) == dict.fromkeys(multi30k.MULTI30K_FILES, "ok")
 
 
 def test_real_subword_round_trip(data_root):
@@ -173,7 +173,7 @@ def test_interrupted_download_leaves_no_file(tmp_path, server):
     assert "val.en.gz" in str(err.value) and server.url + "val.en.gz" in str(err.value)
     server.truncate.clear()
     _download(tmp_path, server)  # a second try completes the folder
-    assert check_multi30k(tmp_path, SUMS) == dict.fromkeys(FILES, "ok")
+    assert multi30k_status(tmp_path, SUMS) == dict.fromkeys(FILES, "ok")
 
 
 def test_ctrl_c_during_a_download_leaves_no_file(tmp_path, server, monkeypatch):

@@ -6,16 +6,17 @@ import dataclasses
 
 import pytest
 import torch
-from stand_in import StandIn, StandInConfig
+from stand_in import PrefixDecoding, StandIn, StandInConfig
 from torch import nn
 
 from tfx_course.data.batching import make_batches, pad_sequences
 from tfx_course.data.synthetic import make_pairs, tokenizer_for
 from tfx_course.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from tfx_course.decoding import greedy_decode, translate
+from tfx_course.evaluation import exact_match
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.repro import seed_everything
-from tfx_course.training import TrainConfig, exact_match, fit
+from tfx_course.training import TrainConfig, fit
 
 TOK = tokenizer_for("reversal")
 
@@ -23,14 +24,13 @@ TOK = tokenizer_for("reversal")
 pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest.py
 
 
-class Scripted(nn.Module):
+class Scripted(PrefixDecoding, nn.Module):
     """Predicts a fixed token sequence per row, so the expected output is known in advance."""
 
     def __init__(self, script: list[list[int]], vocab_size: int = 12) -> None:
         super().__init__()
         self.config = StandInConfig(vocab_size)
         self.script, self.vocab_size = script, vocab_size
-        self.weight = nn.Parameter(torch.zeros(1))  # gives the model a device
         self.calls = 0
 
     def encode(self, src):

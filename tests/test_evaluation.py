@@ -10,11 +10,19 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
+import sacrebleu
 import torch
+from stand_in import PrefixDecoding
 from torch import nn
 
 from tfx_course.data.tokenizers import EOS_ID, PAD_ID, CharTokenizer
-from tfx_course.evaluation import corpus_bleu, evaluate_translation, score_bleu
+from tfx_course.evaluation import (
+    clipped_ngram_matches,
+    evaluate_translation,
+    exact_match,
+    score_bleu,
+    translate_by_length,
+)
 
 HYPOTHESES = ["the cat sat on the mat", "a dog runs in the park today", "two men play chess"]
 REFERENCES = ["the cat sat on a mat", "a dog runs in the big park", "two men are playing chess"]
@@ -57,11 +65,20 @@ def test_signature_names_the_protocol_and_perfect_output_scores_100():
     shouted = score_bleu([r.upper() for r in REFERENCES], REFERENCES)
     assert shouted.score < 5 and shouted.lowercase_score == pytest.approx(100.0)
     assert str(shouted).startswith(f"BLEU {shouted.score:.2f} (lower-cased 100.00)")
-    assert corpus_bleu(HYPOTHESES, REFERENCES) == score_bleu(HYPOTHESES, REFERENCES).to_dict()
+    scores = score_bleu(HYPOTHESES, REFERENCES)
+    assert scores.to_dict() == {
+        "bleu": scores.score,
+        "signature": scores.signature,
+        "bleu_lowercase": scores.lowercase_score,
+        "signature_lowercase": scores.lowercase_signature,
+        "n": 3,
+    }
     with pytest.raises(ValueError, match="got 1 hypotheses for 3 references"):
         score_bleu(HYPOTHESES[:1], REFERENCES)
-    with pytest.raises(TypeError, match="lists of sentences"):
+    with pytest.raises(TypeError, match="score_bleu expects lists of sentences"):
         score_bleu("a b", "a b")
+    with pytest.raises(ValueError, match="score_bleu needs at least one sentence"):
+        score_bleu([], [])
 
 
 @dataclass(frozen=True)
@@ -70,13 +87,12 @@ class LookupConfig:
     pad_id: int = PAD_ID
 
 
-class Reverser(nn.Module):
+class Reverser(PrefixDecoding, nn.Module):
     """Outputs the source characters in reverse order, then EOS: a known 'translation'."""
 
     def __init__(self) -> None:
         super().__init__()
         self.config = LookupConfig()
-        self.weight = nn.Parameter(torch.zeros(1))  # gives the model a device
 
     def encode(self, src):
         return torch.zeros(*src.shape, 1)
@@ -105,3 +121,40 @@ def test_evaluate_translation_scores_outputs_in_the_order_of_the_pairs(method):
     assert result.sources == sources and result.references == references and result.seconds > 0
     with pytest.raises(ValueError, match='method must be "greedy" or "beam"'):
         evaluate_translation(Reverser(), tokenizer, pairs, method="sample")
+
+
+def test_exact_match():
+    assert exact_match(["abc", "ab", "x"], ["abc", "ba", "x"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        exact_match(["a", "b"], ["a"])
+
+
+def test_translate_by_length_batches_similar_lengths_and_keeps_the_input_order():
+    sources = ["tac eht", "god a", "nam gib eno", "ti", "ab"]
+    tokenizer = CharTokenizer.from_texts(sources)
+    model = Reverser()
+    batches = []
+    decode = model.decode
+
+    def recording(tgt, memory, src):
+        batches.append(tuple(sorted(int((row != PAD_ID).sum()) for row in src)))
+        return decode(tgt, memory, src)
+
+    model.decode = recording
+    outputs = translate_by_length(model, sources, tokenizer, batch_size=2)
+    assert outputs == [s[::-1] for s in sources]
+    assert sorted(set(batches)) == [(4, 4), (7, 9), (13,)]  # source lengths, BOS and EOS included
+    with pytest.raises(TypeError, match="list of strings"):
+        translate_by_length(model, "ab", tokenizer)
+
+
+def test_clipped_ngram_matches_sum_to_sacrebleus_corpus_statistics():
+    hyps = ["a man is riding a horse .", "the the the the", "two dogs play in the snow ."]
+    refs = ["a man rides a brown horse .", "the cat on the mat", "two dogs are playing in snow ."]
+    stats = sacrebleu.metrics.BLEU(tokenize="none").corpus_score(hyps, [refs])
+    for n in range(1, 5):
+        matches = totals = 0
+        for h, r in zip(hyps, refs, strict=True):
+            m, t = clipped_ngram_matches(h.split(), r.split(), n)
+            matches, totals = matches + m, totals + t
+        assert (matches, totals) == (stats.counts[n - 1], stats.totals[n - 1])

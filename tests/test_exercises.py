@@ -10,7 +10,7 @@ import yaml
 
 from tfx_course import checks
 from tfx_course.cli import main
-from tfx_course.exercises import (
+from tfx_course.grading.exercises import (
     BEGIN,
     END,
     LESSONS,

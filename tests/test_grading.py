@@ -10,10 +10,10 @@ import nbformat
 import pytest
 
 from tfx_course.cli import main
-from tfx_course.exercises import LESSONS, exercise_cells
-from tfx_course.grade_cli import _unexpected
-from tfx_course.grade_report import format_table, summary, write_markdown
-from tfx_course.grading import ExerciseResult, NotebookReport, _collect, find_notebooks
+from tfx_course.grading.cli import _unexpected
+from tfx_course.grading.exercises import LESSONS, exercise_cells
+from tfx_course.grading.report import format_table, summary, write_markdown
+from tfx_course.grading.run import ExerciseResult, NotebookReport, _collect, find_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "01_self_attention.ipynb"

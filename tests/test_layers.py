@@ -213,17 +213,29 @@ def test_decoder_layer_matches_torch(norm_first, x, keep):
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
-def test_fused_attention_equals_explicit_path(norm_first, x, keep):
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"fused_attention": True},
+        {"fused_norm": True},
+        {"fused_attention": True, "fused_norm": True},
+    ],
+)
+def test_fused_kernels_equal_the_explicit_path(norm_first, switches, x, keep):
     explicit = seeded_layer(DecoderLayer, norm_first)
-    fused = seeded_layer(DecoderLayer, norm_first, fused_attention=True)
+    fused = seeded_layer(DecoderLayer, norm_first, **switches)
     memory, mask = x.flip(1), padding_mask(keep)
     self_mask = causal_mask(S) & mask
     torch.testing.assert_close(
         fused(x, memory, self_mask, mask), explicit(x, memory, self_mask, mask)
     )
     encoder = seeded_layer(EncoderLayer, norm_first)
-    encoder_fused = seeded_layer(EncoderLayer, norm_first, fused_attention=True)
+    encoder_fused = seeded_layer(EncoderLayer, norm_first, **switches)
     torch.testing.assert_close(encoder_fused(x, mask), encoder(x, mask))
+    # Each switch changes only its own kernel.
+    norms = [m for m in encoder_fused.modules() if isinstance(m, LayerNorm)]
+    assert all(n.fused == switches.get("fused_norm", False) for n in norms)
+    assert encoder_fused.fused_attention == switches.get("fused_attention", False)
 
 
 def test_encoder_weights_are_returned_not_stored(x, keep):

@@ -9,7 +9,7 @@ from test_layers import to_torch_state_dict
 from torch import Tensor, nn
 
 from tfx_course.attention import causal_mask, to_nn_attn_mask
-from tfx_course.model import ModelConfig, Transformer, source_mask, target_mask
+from tfx_course.model import ModelConfig, Transformer, eval_mode, source_mask, target_mask
 
 SRC_V, TGT_V, PAD = 11, 13, 0
 CONFIG = ModelConfig(SRC_V, TGT_V, d_model=16, n_heads=4, n_encoder_layers=2,
@@ -87,6 +87,9 @@ def test_config_is_frozen_and_presets_are_valid():
     tiny, base = ModelConfig.tiny(30, 40), ModelConfig.base(8000, 6000)
     assert tiny.src_vocab_size == 30 and tiny.tgt_vocab_size == 40
     assert base.d_model == 512 and base.d_head == 64 and base.fused_attention
+    assert base.n_encoder_layers == base.n_decoder_layers == 6 and base.dropout == 0.3
+    course = ModelConfig.course(6000, 6000)
+    assert course.d_model == 128 and course.n_encoder_layers == 2 and course.tie_embeddings
     assert Transformer(tiny).num_parameters() < 300_000  # small enough for a CPU lesson
 
 
@@ -266,3 +269,24 @@ def test_bad_inputs_raise_clear_errors(src, tgt):
         model(src, tgt + TGT_V)
     with pytest.raises(ValueError, match="memory .* does not match src"):
         model.decode(tgt, model.encode(src), src[:, :5])
+
+
+def test_fused_attention_switches_both_kernels_and_the_device_is_the_weights():
+    model = Transformer(dataclasses.replace(CONFIG, fused_attention=True))
+    layers = [*model.encoder.layers, *model.decoder.layers]
+    assert all(layer.fused_attention and layer.fused_norm for layer in layers)
+    assert model.encoder.norm.fused and model.decoder.norm.fused
+    plain = Transformer(CONFIG)
+    assert not any(layer.fused_attention or layer.fused_norm for layer in plain.decoder.layers)
+    assert model.device == torch.device("cpu") == model.lm_head.weight.device
+
+
+def test_eval_mode_restores_the_mode_even_after_an_error():
+    model = Transformer(CONFIG).train()
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(model):
+        assert not model.training and not model.decoder.layers[0].training
+        raise RuntimeError("inside")
+    assert model.training
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training

@@ -16,8 +16,8 @@ import nbformat
 from nbgrader.api import Gradebook
 
 from tfx_course.cli import main
-from tfx_course.exercises import BEGIN, LESSONS, exercise_cells
-from tfx_course.grading import grade
+from tfx_course.grading.exercises import BEGIN, LESSONS, exercise_cells
+from tfx_course.grading.run import grade
 
 ASSIGNMENT = "01_self_attention"
 NAME = f"{ASSIGNMENT}.ipynb"

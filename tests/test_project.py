@@ -118,7 +118,7 @@ def test_the_gpu_script_imports_with_torch_tokenizers_and_sacrebleu_alone():
         f"for name in {blocked!r}:\n"
         "    sys.modules[name] = None\n"
         "import importlib.util, tfx_course\n"
-        "spec = importlib.util.spec_from_file_location('g', 'benchmarks/gpu_run.py')\n"
+        "spec = importlib.util.spec_from_file_location('g', 'tools/gpu/gpu_run.py')\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "assert 'matplotlib' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
@@ -165,7 +165,7 @@ def test_setup_turns_off_jupyterlabs_news_pop_up():
 
 
 def test_readme_lists_every_exercise_of_every_lesson():
-    from tfx_course.exercises import LESSONS
+    from tfx_course.grading.exercises import LESSONS
 
     readme = (ROOT / "README.md").read_text()
     for lesson, names in LESSONS.items():

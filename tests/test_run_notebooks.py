@@ -86,7 +86,7 @@ def test_gpu_lessons_script_installs_a_kernel_and_times_the_notebooks_it_is_give
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
     out = tmp_path / "out"
     done = subprocess.run(
-        ["bash", "benchmarks/gpu_lessons.sh", str(out), "notebooks/00_setup.ipynb"],
+        ["bash", "tools/gpu/gpu_lessons.sh", str(out), "notebooks/00_setup.ipynb"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,10 +16,10 @@ import torch
 from tfx_course.cli import build_parser
 from tfx_course.data.batching import Seq2SeqBatch
 from tfx_course.data.multi30k import load_multi30k
-from tfx_course.evaluation import corpus_bleu
-from tfx_course.model import Transformer
+from tfx_course.model import ModelConfig, Transformer
 from tfx_course.pretrained import (
     SUBSET_SIZE,
+    course_checkpoint_dir,
     export_course_checkpoint,
     export_model,
     gpu_results_summary,
@@ -27,7 +28,7 @@ from tfx_course.pretrained import (
     model_from_training_checkpoint,
     score_test2016,
 )
-from tfx_course.training import TrainConfig, load_checkpoint, shard_batch
+from tfx_course.training import TrainConfig, load_checkpoint
 from tfx_course.translation import (
     PRESETS,
     Preset,
@@ -40,47 +41,62 @@ from tfx_course.translation import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tiny(**changes) -> Preset:
+def _tiny(max_len: int = 64, max_steps: int = 6, **changes) -> Preset:
     """A preset that trains in about a second: 120 sentence pairs, d_model 16."""
-    base = Preset(
-        name="test-tiny",
-        description="tests",
-        vocab_size=300,
+    model = ModelConfig(
+        300,
+        300,
         d_model=16,
         n_heads=4,
         n_encoder_layers=1,
         n_decoder_layers=1,
         d_ff=32,
         dropout=0.1,  # dropout on: resuming must restore the random state too
-        max_len=64,
-        max_tokens=400,
-        max_train_pairs=120,
-        max_val_pairs=20,
-        bleu_sentences=4,
-        decode_max_len=8,
-        train=TrainConfig(lr=3e-3, max_steps=6, warmup_steps=2, schedule="cosine", checkpoint_every=2),
-    )  # fmt: skip
-    return base.replace(**changes)
+        max_len=max_len,
+        tie_embeddings=True,
+        fused_attention=True,
+    )
+    train = TrainConfig(
+        lr=3e-3, max_steps=max_steps, warmup_steps=2, schedule="cosine", checkpoint_every=2
+    )
+    options = dict(
+        max_tokens=400, max_train_pairs=120, max_val_pairs=20, bleu_sentences=4, decode_max_len=8
+    )
+    return Preset("test-tiny", "tests", model, train, **{**options, **changes})  # fmt: skip
 
 
 def test_presets_build_valid_models_of_the_promised_size():
     for name, preset in PRESETS.items():
         assert get_preset(name) is preset and preset.name == name
-        config = preset.model_config(preset.vocab_size)
-        assert config.tie_embeddings and config.d_model == preset.d_model
+        assert preset.model.tie_embeddings and preset.vocab_size == preset.model.src_vocab_size
     course = PRESETS["cpu-course"]
-    model = Transformer(course.model_config(course.vocab_size))
+    assert course.model == ModelConfig.course(6000, 6000)
+    assert PRESETS["gpu-base"].model == ModelConfig.base(8000, 8000)
+    model = Transformer(course.model)
     assert 2 * model.num_parameters() <= 20e6  # half precision, tied matrix stored once
     with pytest.raises(ValueError, match="unknown preset 'gpu'"):
         get_preset("gpu")
     with pytest.raises(ValueError, match="max_tokens=10 must be at least max_len"):
         _tiny(max_tokens=10)
+    with pytest.raises(ValueError, match="bleu_sentences must be a positive integer"):
+        _tiny(bleu_sentences=0)
 
 
-def test_replace_sends_train_fields_to_the_train_config():
-    preset = _tiny(max_steps=9, d_model=32)
-    assert preset.train.max_steps == 9 and preset.d_model == 32
-    assert preset.train.lr == _tiny().train.lr
+def test_the_shipped_course_model_is_the_course_preset():
+    model, _ = load_course_model()
+    assert model.config == PRESETS["cpu-course"].model
+    recipe = json.loads((course_checkpoint_dir() / "recipe.json").read_text())
+    assert recipe["run"]["preset"]["name"] == "cpu-course"
+
+
+def test_build_model_fits_the_trained_vocabulary():
+    preset = _tiny()
+    model = build_model(preset, 257, seed=3)
+    assert model.config == dataclasses.replace(preset.model, src_vocab_size=257, tgt_vocab_size=257)
+    again = build_model(preset, 257, seed=3)
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True)
+    )
 
 
 def test_prepare_data_shares_one_tokenizer_and_respects_the_token_budget(data_root):
@@ -117,7 +133,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, data_
         assert torch.equal(tensor, b.model_state[name]), name
     assert a.history["loss"] == b.history["loss"] and a.history["lr"] == b.history["lr"]
     assert a.history["val_metrics"]["bleu"] == b.history["val_metrics"]["bleu"]
-    for name in ("tokenizer.json", "history.json", "curves.png", "run.json"):
+    for name in ("tokenizer.json", "history.json", "run.json"):
         assert (tmp_path / "b" / name).is_file(), name
     history = json.loads((tmp_path / "b" / "history.json").read_text())
     assert history["step"] == list(range(1, 7)) and history["train_tokens"] > 0
@@ -143,26 +159,6 @@ def test_export_keeps_ties_halves_the_size_and_reloads_with_weights_only(tmp_pat
     assert torch.allclose(loaded(src, tgt), expected, atol=1e-5)
 
 
-def test_shard_batch_splits_rows_between_processes():
-    src = torch.arange(10).reshape(5, 2)
-    batch = Seq2SeqBatch(src, src + 10, src + 20)
-    shards = [shard_batch(batch, r, 2) for r in range(2)]
-    assert shards[0].src.tolist() == [[0, 1], [4, 5], [8, 9]]
-    assert shards[1].tgt_out.tolist() == [[22, 23], [26, 27]]
-    with pytest.raises(ValueError, match="5 rows cannot be shared by 6 processes"):
-        shard_batch(batch, 0, 6)
-
-
-def test_corpus_bleu_is_cased_and_lowercased():
-    refs = ["A man rides a red bike down the road .", "Two dogs play in the snow ."]
-    assert corpus_bleu(refs, refs)["bleu"] == pytest.approx(100.0)
-    shouted = corpus_bleu([r.upper() for r in refs], refs)
-    assert shouted["bleu"] < 5 and shouted["bleu_lowercase"] == pytest.approx(100.0)
-    assert "case:mixed" in shouted["signature"] and "case:lc" in shouted["signature_lowercase"]
-    with pytest.raises(ValueError, match="got 1 hypotheses for 2 references"):
-        corpus_bleu(refs[:1], refs)
-
-
 def test_cli_train_parses_its_options():
     args = build_parser().parse_args(
         ["train", "--preset", "cpu-smoke", "--out", "runs/x", "--resume", "--max-minutes", "5"]
@@ -172,11 +168,12 @@ def test_cli_train_parses_its_options():
 
 
 def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypatch, load_script):
-    gpu_run = load_script("benchmarks/gpu_run.py")
+    gpu_run = load_script("tools/gpu/gpu_run.py")
     out = tmp_path / "results"
     argv = ["--smoke", "--out", str(out), "--run-dir", str(tmp_path / "run")]
     # A bare GPU machine has no matplotlib: the run must still finish, then --replot draws.
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "tfx_course.viz", raising=False)
     monkeypatch.setenv("TFX_COURSE_COMMIT", "abc123")
     results = gpu_run.main([*argv, "--data-root", str(data_root), "--budget-minutes", "5"])
     saved = json.loads((out / "gpu_base_smoke.json").read_text())
@@ -190,7 +187,7 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
     plan = saved["plan"]  # 5 minutes is far more than 4 tiny steps need: the preset's 4 stay
     assert plan["max_steps"] == 4 and plan["seconds_per_step"] > 0
     assert not (out / "gpu_base_smoke_curves.png").exists()
-    monkeypatch.delitem(sys.modules, "matplotlib.figure")
+    monkeypatch.undo()
     gpu_run.main(["--replot", str(out / "gpu_base_smoke_history.json")])
     assert (out / "gpu_base_smoke_curves.png").stat().st_size > 1000
     summary = gpu_results_summary(out / "gpu_base_smoke.json").splitlines()
@@ -210,7 +207,7 @@ def test_gpu_script_smoke_path_writes_its_results(tmp_path, data_root, monkeypat
 
 
 def test_gpu_script_resumes_with_the_schedule_it_planned(tmp_path, data_root, load_script):
-    gpu_run = load_script("benchmarks/gpu_run.py")
+    gpu_run = load_script("tools/gpu/gpu_run.py")
     argv = ["--smoke", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "run")]
     argv += ["--data-root", str(data_root)]
     # A budget far too small for the preset's 4 steps: the plan cuts the schedule to 1 step.
@@ -227,7 +224,7 @@ def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_pa
     env = {**os.environ, "TFX_COURSE_DATA": str(data_root), "PRESETS": "gpu-base gpu-small"}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
     done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "0.05", str(out), "--smoke", "--run-dir", str(tmp_path / "run")],
+        ["bash", str(REPO / "tools" / "gpu" / "gpu_machine.sh"), "0.05", str(out), "--smoke", "--run-dir", str(tmp_path / "run")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -239,14 +236,14 @@ def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_pa
     assert json.loads((out / "gpu_base_smoke.json").read_text())["plan"]["budget_seconds"] == 3.0
     whole = tmp_path / "whole"  # budget 0: the preset's whole schedule, no plan
     done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "0", str(whole), "--smoke", "--run-dir", str(tmp_path / "run0")],
+        ["bash", str(REPO / "tools" / "gpu" / "gpu_machine.sh"), "0", str(whole), "--smoke", "--run-dir", str(tmp_path / "run0")],
         cwd=REPO, env={**env, "PRESETS": "gpu-base"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     saved = json.loads((whole / "gpu_base_smoke.json").read_text())
     assert saved["plan"] is None and saved["steps"] == 4 and saved["finished_schedule"]
     missing = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_machine.sh"), "1", str(out)],
+        ["bash", str(REPO / "tools" / "gpu" / "gpu_machine.sh"), "1", str(out)],
         cwd=REPO, env={**env, "TFX_COURSE_DATA": str(tmp_path / "nothing")}, capture_output=True, text=True,
     )  # fmt: skip
     assert missing.returncode == 2 and "no Multi30k in" in missing.stderr
@@ -259,7 +256,7 @@ def test_gpu_machine_script_runs_each_preset_and_stays_within_eight_files(tmp_pa
 def test_gpu_plan_fills_the_budget_without_passing_it(
     budget, per_step, per_validation, eval_every, load_script
 ):
-    steps_within = load_script("benchmarks/gpu_run.py").steps_within
+    steps_within = load_script("tools/gpu/gpu_run.py").steps_within
 
     def cost(n: int) -> float:
         return n * per_step + (n / eval_every + 1) * per_validation
@@ -271,7 +268,7 @@ def test_gpu_plan_fills_the_budget_without_passing_it(
 
 
 def test_gpu_plan_times_steps_after_the_slow_first_pass(data_root, monkeypatch, load_script):
-    gpu_run = load_script("benchmarks/gpu_run.py")
+    gpu_run = load_script("tools/gpu/gpu_run.py")
     data = gpu_run.prepare_data(gpu_run.SMOKE, data_root)
     seen: set[int] = set()
 
@@ -306,15 +303,19 @@ def test_export_course_checkpoint_scores_the_shipped_weights(tmp_path, data_root
 
 def test_published_gpu_result_is_the_current_gpu_base_and_is_cited_as_measured():
     results = json.loads((REPO / "results" / "gpu_base.json").read_text())
-    preset = get_preset("gpu-base").to_dict()
+    preset = get_preset("gpu-base")
     recorded = results["preset"]
-    # The run is the preset as it stands (only the wording of its description may change).
-    assert {k: v for k, v in recorded.items() if k != "description"} == {
-        k: json.loads(json.dumps(v)) for k, v in preset.items() if k != "description"
-    }
-    model = build_model(get_preset("gpu-base"), preset["vocab_size"], seed=0)
+    # The run is the preset as it stands (only the wording of its description may change). It
+    # was recorded before presets held a ModelConfig: its model sizes sit at the top level.
+    model_fields = ("d_model", "n_heads", "n_encoder_layers", "n_decoder_layers", "d_ff", "dropout", "max_len")  # fmt: skip
+    assert {k: recorded[k] for k in model_fields} == {k: getattr(preset.model, k) for k in model_fields}  # fmt: skip
+    assert recorded["vocab_size"] == preset.vocab_size
+    assert recorded["train"] == json.loads(json.dumps(preset.to_dict()["train"]))
+    now = {k: v for k, v in preset.to_dict().items() if k not in ("model", "train", "description")}
+    assert now == {k: recorded[k] for k in now}
+    model = build_model(preset, preset.vocab_size, seed=0)
     assert results["parameters"] == sum(p.numel() for p in model.parameters())
-    assert results["finished_schedule"] and results["steps"] == preset["train"]["max_steps"]
+    assert results["finished_schedule"] and results["steps"] == preset.train.max_steps
     beam, greedy = results["test2016_beam"], results["test2016_greedy"]
     assert beam["sentences"] == greedy["sentences"] == 1000
     assert beam["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")

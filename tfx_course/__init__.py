@@ -10,7 +10,7 @@ Everything is batch-first. Masks are boolean with True = "may attend" and broadc
 (B, H, T, S).
 
 Usage in the notebooks: ``import tfx_course as tfx`` and qualified names, e.g.
-``tfx.attention.MultiHeadAttention`` or ``tfx.doctor()``.
+``tfx.attention.MultiHeadAttention`` or ``tfx.doctor.run()``.
 """
 
 from tfx_course import (
@@ -20,6 +20,7 @@ from tfx_course import (
     data,
     decoding,
     device,
+    doctor,
     evaluation,
     layers,
     model,
@@ -28,7 +29,6 @@ from tfx_course import (
     training,
     translation,
 )
-from tfx_course.doctor import doctor
 from tfx_course.repro import seed_everything, setup_notebook
 
 __version__ = "0.1.0"

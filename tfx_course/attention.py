@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tfx_course.validation import check_positive_int, check_probability, shape_str
+
 __all__ = [
     "causal_mask",
     "padding_mask",
@@ -26,10 +28,6 @@ __all__ = [
     "merge_heads",
     "MultiHeadAttention",
 ]
-
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(n) for n in t.shape) + ")"
 
 
 def _require_bool_mask(mask: object, name: str = "mask") -> Tensor:
@@ -48,8 +46,7 @@ def _require_bool_mask(mask: object, name: str = "mask") -> Tensor:
 
 def causal_mask(size: int, device: torch.device | str | None = None) -> Tensor:
     """Return a ``(T, T)`` mask that lets position t attend to positions 0..t only."""
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"causal_mask needs a positive integer length, got {size!r}")
+    check_positive_int(size=size)
     return torch.ones(size, size, dtype=torch.bool, device=device).tril()
 
 
@@ -63,7 +60,7 @@ def padding_mask(keep: Tensor) -> Tensor:
     _require_bool_mask(keep, "keep")
     if keep.dim() != 2:
         raise ValueError(
-            f"padding_mask expects a (B, S) mask of real tokens, got shape {_shape(keep)}"
+            f"padding_mask expects a (B, S) mask of real tokens, got shape {shape_str(keep)}"
         )
     return keep[:, None, None, :]  # (B, 1, 1, S)
 
@@ -97,10 +94,10 @@ def _check_mask(mask: Tensor, scores_shape: torch.Size) -> None:
     except RuntimeError:
         shape = None
     if shape != scores_shape:
-        scores = "(" + ", ".join(str(n) for n in scores_shape) + ")"
         raise ValueError(
-            f"mask of shape {_shape(mask)} does not broadcast to the scores' shape "
-            f"{scores} = (..., T, S); expected e.g. (T, S), (B, 1, 1, S) or (B, 1, T, S)"
+            f"mask of shape {shape_str(mask)} does not broadcast to the scores' shape "
+            f"{shape_str(scores_shape)} = (..., T, S); expected e.g. (T, S), (B, 1, 1, S) or "
+            "(B, 1, T, S)"
         )
 
 
@@ -109,14 +106,14 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() < 2:
-            raise ValueError(f"{name} must have shape (..., length, dim), got {_shape(t)}")
+            raise ValueError(f"{name} must have shape (..., length, dim), got {shape_str(t)}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
-            f"q and k must share their last dimension d_k, got q {_shape(q)} and k {_shape(k)}"
+            f"q and k must share their last dimension d_k, got q {shape_str(q)} and k {shape_str(k)}"
         )
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(
-            f"k and v must have the same number of positions S, got k {_shape(k)} and v {_shape(v)}"
+            f"k and v must have the same number of positions S, got k {shape_str(k)} and v {shape_str(v)}"
         )
 
 
@@ -132,8 +129,7 @@ def scaled_dot_product_attention(
     The weights are returned before dropout, so they are the attention distribution.
     """
     _check_qkv(q, k, v)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_probability(dropout_p, "dropout_p")
     d_k = q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., T, S)
     scores = mask_scores(scores, mask)
@@ -167,15 +163,13 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        if d_model < 1 or n_heads < 1:
-            raise ValueError(f"d_model and n_heads must be positive, got {d_model} and {n_heads}")
+        check_positive_int(d_model=d_model, n_heads=n_heads)
         if d_model % n_heads != 0:
             raise ValueError(
                 f"d_model={d_model} is not divisible by n_heads={n_heads}; "
                 "each head gets d_model // n_heads features, so pick sizes that divide"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_probability(dropout)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
         self.dropout = dropout
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
@@ -188,12 +182,12 @@ class MultiHeadAttention(nn.Module):
             if t.dim() != 3 or t.shape[-1] != self.d_model:
                 raise ValueError(
                     f"{name} must have shape (B, length, d_model={self.d_model}) "
-                    f"(batch first), got {_shape(t)}"
+                    f"(batch first), got {shape_str(t)}"
                 )
         if key.shape[:2] != value.shape[:2] or query.shape[0] != key.shape[0]:
             raise ValueError(
                 f"query (B, T, C), key and value (B, S, C) must agree on B and S, got "
-                f"{_shape(query)}, {_shape(key)}, {_shape(value)}; inputs are batch first "
+                f"{shape_str(query)}, {shape_str(key)}, {shape_str(value)}; inputs are batch first "
                 "(unlike nn.MultiheadAttention's default (T, B, C))"
             )
 
@@ -255,5 +249,5 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: fl
         # fully blocked rows uniform instead of NaN, exactly like mask_scores.
         scores_shape = q.shape[:-1] + (k.shape[-2],)  # (B, H, T, S)
         _check_mask(mask, scores_shape)
-        bias = q.new_zeros(mask.shape).masked_fill(~mask, torch.finfo(q.dtype).min)
+        bias = mask_scores(q.new_zeros(mask.shape), mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)

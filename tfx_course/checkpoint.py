@@ -17,9 +17,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from tfx_course.data.cache import atomic_open
+from tfx_course.distributed import unwrap_model
+from tfx_course.files import atomic_open
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "unwrap_model"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -28,12 +29,6 @@ class Storable(Protocol):
     """What a checkpoint stores of a config or a history (``TrainConfig``, ``History``)."""
 
     def to_dict(self) -> dict[str, Any]: ...
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the model inside a DistributedDataParallel or DataParallel wrapper (else itself)."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
 
 
 @dataclass
@@ -68,7 +63,7 @@ def save_checkpoint(
     """
     path = Path(path)
     inner = unwrap_model(model)
-    config = getattr(inner, "config", None)
+    config = inner.config
     payload = {
         "format": CHECKPOINT_FORMAT,
         "step": int(step),

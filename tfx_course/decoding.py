@@ -2,12 +2,12 @@
 
 Shapes: B batch, S source length, L generated length, V target vocabulary size, K beam size.
 
-The model needs ``encode(src (B, S)) -> memory`` and ``decode(tgt (B, T), memory, src) ->
-logits (B, T, V)`` (the course's ``Transformer``). Without a cache every step re-runs the
-decoder on the whole prefix. A model that also offers ``start_cache(memory, src)`` and
-``decode_step(tokens, cache) -> (logits, cache)`` is decoded incrementally: each step feeds
-only the newest token, and every layer reuses the keys and values it computed before (the
-KV cache). Both give the same tokens (tested); the cache only saves time.
+The model is a ``DecodableModel`` (the course's ``Transformer`` is one): ``encode(src (B, S))
+-> memory``, ``decode(tgt (B, T), memory, src) -> logits (B, T, V)``, and for the KV cache
+``start_cache(memory, src)`` and ``decode_step(tokens, cache) -> (logits, cache)``. With
+``use_cache=True`` (the default) each step feeds only the newest token, and every layer reuses
+the keys and values it computed before; with ``use_cache=False`` every step re-runs the decoder
+on the whole prefix. Both give the same tokens (tested); the cache only saves time.
 
 Beam search scores a hypothesis y by its log-probability divided by the GNMT length penalty
 (Wu et al. 2016): ``score(y) = log p(y | x) / ((5 + |y|) / 6) ** alpha``, where |y| counts the
@@ -17,26 +17,74 @@ short outputs; larger alpha favours longer ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from tfx_course.data.batching import pad_sequences
 from tfx_course.data.tokenizers import BOS_ID, EOS_ID, Tokenizer
+from tfx_course.model import eval_mode
+from tfx_course.validation import check_positive_int
 
-__all__ = ["greedy_decode", "beam_search", "gnmt_length_penalty", "score_sequences", "translate"]
+__all__ = [
+    "DecodableModel",
+    "DecodingCache",
+    "greedy_decode",
+    "beam_step",
+    "beam_search",
+    "gnmt_length_penalty",
+    "score_sequences",
+    "translate",
+]
 
 
-def _model_setting(model: nn.Module, name: str, given: int | None) -> int:
-    if given is not None:
-        return given
-    value = getattr(getattr(model, "config", None), name, None)
-    if value is None:
-        raise ValueError(f"the model has no config.{name}; pass {name}= explicitly")
-    return int(value)
+class DecodingConfig(Protocol):
+    """The two settings decoding reads from a model's config."""
+
+    @property
+    def max_len(self) -> int: ...  # the longest target the model's positions cover
+
+    @property
+    def pad_id(self) -> int: ...
+
+
+class DecodingCache(Protocol):
+    """What decoding does with a model's cache besides handing it back: follow the beams."""
+
+    def reorder(self, index: Tensor, memory: bool = True) -> DecodingCache: ...
+
+
+class DecodableModel(Protocol):
+    """What ``greedy_decode``, ``beam_search``, ``score_sequences`` and ``translate`` need of a model.
+
+    ``config`` gives the defaults of ``max_len`` and ``pad_id``; the source ids are moved to
+    ``device``. ``start_cache`` and ``decode_step`` are called only with ``use_cache=True``: a
+    model without a KV cache is decoded with ``use_cache=False``.
+    """
+
+    training: bool
+
+    @property
+    def config(self) -> DecodingConfig: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def __call__(self, src: Tensor, tgt: Tensor) -> Tensor: ...
+
+    def encode(self, src: Tensor) -> Tensor: ...
+
+    def decode(self, tgt: Tensor, memory: Tensor, src: Tensor) -> Tensor: ...
+
+    def start_cache(self, memory: Tensor, src: Tensor) -> DecodingCache: ...
+
+    def decode_step(self, tgt: Tensor, cache: Any) -> tuple[Tensor, DecodingCache]: ...
 
 
 def _check_src(src: Tensor) -> None:
@@ -45,24 +93,13 @@ def _check_src(src: Tensor) -> None:
         raise ValueError(f"src must be a (B, S) LongTensor of token ids, got {got}")
 
 
-def _decode_length(model: nn.Module, max_len: int | None) -> int:
+def _decode_length(model: DecodableModel, max_len: int | None) -> int:
     """Return the number of tokens to generate at most: ``max_len`` or the model's limit."""
-    max_len = _model_setting(model, "max_len", max_len)
-    limit = getattr(getattr(model, "config", None), "max_len", None)
-    if max_len < 1 or (limit is not None and max_len > limit):
+    limit = model.config.max_len
+    max_len = limit if max_len is None else max_len
+    if max_len < 1 or max_len > limit:
         raise ValueError(f"max_len={max_len} must lie between 1 and the model's max_len={limit}")
     return max_len
-
-
-def _has_cache(model: nn.Module, use_cache: bool | None) -> bool:
-    """Decide whether to decode with the KV cache: None means "if the model offers one"."""
-    offers = hasattr(model, "start_cache") and hasattr(model, "decode_step")
-    if use_cache and not offers:
-        raise ValueError(
-            f"use_cache=True, but {type(model).__name__} has no start_cache/decode_step; "
-            "pass use_cache=False (or None to use the cache only where there is one)"
-        )
-    return offers if use_cache is None else use_cache
 
 
 class _Stepper:
@@ -72,12 +109,10 @@ class _Stepper:
     per step, each time with the prefix one token longer.
     """
 
-    def __init__(self, model: nn.Module, src: Tensor, use_cache: bool | None) -> None:
-        self.model, self.src = model, src
-        self.memory = model.encode(src)  # (B, S, C)
-        self.cache: Any = None
-        if _has_cache(model, use_cache):
-            self.cache = model.start_cache(self.memory, src)
+    def __init__(self, model: DecodableModel, src: Tensor, use_cache: bool) -> None:
+        self.model, self.src = model, src.to(model.device)
+        self.memory = model.encode(self.src)  # (B, S, C)
+        self.cache = model.start_cache(self.memory, self.src) if use_cache else None
 
     def repeat_rows(self, k: int) -> None:
         """Repeat every sentence k times in a row (one copy per beam)."""
@@ -99,33 +134,22 @@ class _Stepper:
             self.cache = self.cache.reorder(index, memory=False)
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put a model in eval mode for a ``with`` block, then restore its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 @torch.no_grad()
 def greedy_decode(
-    model: nn.Module,
+    model: DecodableModel,
     src: Tensor,
     bos_id: int = BOS_ID,
     eos_id: int = EOS_ID,
     max_len: int | None = None,
     pad_id: int | None = None,
-    use_cache: bool | None = None,
+    use_cache: bool = True,
 ) -> Tensor:
     """Generate the most likely next token, one step at a time, for a whole batch at once.
 
     Stops when every sequence has produced ``eos_id`` or after ``max_len`` tokens (default:
     the model's ``config.max_len``). Runs in eval mode and restores the model's mode.
-    ``use_cache``: None (default) uses the KV cache when the model offers one, True insists
-    on it, False re-runs the decoder on the whole prefix at every step.
+    ``use_cache=True`` decodes with the model's KV cache; False re-runs the decoder on the
+    whole prefix at every step.
 
     Shapes:
         src: (B, S) padded source ids -> (B, L) generated ids with L <= max_len: no BOS, the
@@ -133,9 +157,9 @@ def greedy_decode(
     """
     _check_src(src)
     max_len = _decode_length(model, max_len)
-    pad_id = _model_setting(model, "pad_id", pad_id)
-    with _eval_mode(model):
-        stepper = _Stepper(model, src.to(next(model.parameters()).device), use_cache)
+    pad_id = model.config.pad_id if pad_id is None else pad_id
+    with eval_mode(model):
+        stepper = _Stepper(model, src, use_cache)
         tokens = _greedy_loop(stepper, bos_id, eos_id, max_len, pad_id)
     return tokens[:, 1:]  # (B, L): drop BOS
 
@@ -160,9 +184,24 @@ def gnmt_length_penalty(lengths: Tensor, alpha: float) -> Tensor:
     return ((5.0 + lengths.float()) / 6.0) ** alpha
 
 
+def beam_step(scores: Tensor, log_probs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep the k best one-token extensions of each sentence's hypotheses, highest first.
+
+    Every hypothesis b of a sentence is extended by every token v with the score
+    ``scores[b] + log_probs[b, v]``; the k best of those K * V candidates survive.
+
+    Shapes: scores (B, K), log_probs (B, K, V) -> new scores, origin beam (which hypothesis
+    was extended) and token: each (B, k).
+    """
+    B, K, V = log_probs.shape
+    candidates = (scores[..., None] + log_probs).reshape(B, K * V)  # (B, K * V)
+    new_scores, flat = candidates.topk(k, dim=1)  # (B, k), highest first
+    return new_scores, flat // V, flat % V
+
+
 @torch.no_grad()
 def beam_search(
-    model: nn.Module,
+    model: DecodableModel,
     src: Tensor,
     beam_size: int = 4,
     length_penalty: float = 0.6,
@@ -170,7 +209,7 @@ def beam_search(
     bos_id: int = BOS_ID,
     eos_id: int = EOS_ID,
     pad_id: int | None = None,
-    use_cache: bool | None = None,
+    use_cache: bool = True,
 ) -> Tensor:
     """Keep the ``beam_size`` best prefixes of every sentence; return each sentence's best output.
 
@@ -185,14 +224,13 @@ def beam_search(
         src: (B, S) padded source ids -> (B, L) ids as ``greedy_decode`` returns them.
     """
     _check_src(src)
-    if not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}")
+    check_positive_int(beam_size=beam_size)
     if length_penalty < 0:
         raise ValueError(f"length_penalty={length_penalty} must be >= 0 (0: no penalty)")
     max_len = _decode_length(model, max_len)
-    pad_id = _model_setting(model, "pad_id", pad_id)
-    with _eval_mode(model):
-        stepper = _Stepper(model, src.to(next(model.parameters()).device), use_cache)
+    pad_id = model.config.pad_id if pad_id is None else pad_id
+    with eval_mode(model):
+        stepper = _Stepper(model, src, use_cache)
         stepper.repeat_rows(beam_size)
         ids = (bos_id, eos_id, pad_id)
         beams = _Beams(src.shape[0], beam_size, length_penalty, max_len, ids, stepper.src.device)
@@ -240,9 +278,7 @@ class _Beams:
         only_pad = torch.full((V,), float("-inf"), device=logits.device)
         only_pad[self.pad_id] = 0.0
         log_probs = torch.where(self.finished[..., None], only_pad, log_probs)
-        candidates = (self.scores[..., None] + log_probs).view(B, K * V)  # (B, K * V)
-        self.scores, best = candidates.topk(K, dim=1)  # (B, K), highest first
-        origin, token = best // V, best % V  # (B, K): which beam, which token
+        self.scores, origin, token = beam_step(self.scores, log_probs, K)  # (B, K) each
         was_finished = self.finished.gather(1, origin)
         self.lengths = self.lengths.gather(1, origin) + (~was_finished).long()
         self.finished = was_finished | (token == self.eos_id)
@@ -277,7 +313,7 @@ class _Beams:
 
 @torch.no_grad()
 def score_sequences(
-    model: nn.Module,
+    model: DecodableModel,
     src: Tensor,
     tokens: Tensor,
     length_penalty: float = 0.6,
@@ -293,7 +329,7 @@ def score_sequences(
     """
     _check_src(src)
     B, L = tokens.shape
-    with _eval_mode(model):
+    with eval_mode(model):
         bos = torch.full((B, 1), bos_id, dtype=torch.long, device=tokens.device)
         logits = model(src, torch.cat([bos, tokens], dim=1)[:, :-1])  # (B, L, V)
     log_probs = logits.float().log_softmax(dim=-1).gather(2, tokens[..., None])[..., 0]  # (B, L)
@@ -304,7 +340,7 @@ def score_sequences(
 
 
 def translate(
-    model: nn.Module,
+    model: DecodableModel,
     texts: Sequence[str],
     src_tokenizer: Tokenizer,
     tgt_tokenizer: Tokenizer,
@@ -312,14 +348,13 @@ def translate(
     batch_size: int = 256,
     beam_size: int | None = None,
     length_penalty: float = 0.6,
-    use_cache: bool | None = None,
+    use_cache: bool = True,
 ) -> list[str]:
     """Encode ``texts``, decode them in batches (greedy, or beam search with ``beam_size``), return texts."""
     if isinstance(texts, str):
         raise TypeError("translate expects a list of strings; wrap one text as [text]")
-    pad_id = _model_setting(model, "pad_id", None)
-    bos_id = getattr(tgt_tokenizer, "bos_id", BOS_ID)  # the course's tokenizers all use 1 and 2
-    eos_id = getattr(tgt_tokenizer, "eos_id", EOS_ID)
+    pad_id = model.config.pad_id
+    bos_id, eos_id = tgt_tokenizer.bos_id, tgt_tokenizer.eos_id
     outputs: list[str] = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]

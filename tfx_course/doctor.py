@@ -1,4 +1,7 @@
-"""The environment doctor: versions, device, threads and course data, with advice."""
+"""The environment doctor: versions, device, threads and course data, with advice.
+
+In a notebook: ``tfx.doctor.run()``; in a terminal: ``tfx-course doctor``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tfx_course.data.cache import multi30k_status
+from tfx_course.data.multi30k import multi30k_folder, multi30k_status
 from tfx_course.device import fused_attention_kernels, pick_device, supports_bf16
 
 MIN_PYTHON = (3, 11)
@@ -80,13 +83,14 @@ def _findings() -> list[Finding]:
     device_advice = ""
     if device.type == "cpu":
         device_advice = ""  # the CPU tier reaches every lesson; not a problem
-    folder, missing = multi30k_status()
+    states = multi30k_status()
+    missing = [name for name, state in states.items() if state != "ok"]
     data_advice = ""
     if missing:
         data_advice = (
-            f"Multi30k is not in {folder} yet ({len(missing)} of 6 files missing). Lesson 08 "
-            "downloads it; offline, copy the six .gz files there or set TFX_COURSE_DATA to a "
-            "folder that holds multi30k/. Lessons 00-07 do not need it."
+            f"Multi30k is not in {multi30k_folder()} yet ({len(missing)} of {len(states)} files "
+            "missing or corrupt). Lesson 08 downloads it; offline, copy the six .gz files there "
+            "or set TFX_COURSE_DATA to a folder that holds multi30k/. Lessons 00-07 do not need it."
         )
     return [
         Finding("python", py, py_advice),
@@ -112,7 +116,7 @@ def _describe(device: torch.device) -> str:
     )
 
 
-def doctor(verbose: bool = True) -> DoctorReport:
+def run(verbose: bool = True) -> DoctorReport:
     """Check the environment, print a report with advice, and return it."""
     report = DoctorReport(_findings())
     if verbose:

@@ -1,10 +1,14 @@
-"""Scoring translations with sacreBLEU, the standard way to report BLEU.
+"""Scoring outputs: exact match, and BLEU with sacreBLEU, the standard way to report it.
 
 BLEU compares n-grams (n = 1..4) of each output with its reference, over the whole corpus at
 once. sacreBLEU fixes the tokenization (``13a``) and prints a signature that names every
 setting, so two numbers are comparable only when their signatures match. The protocol here:
 detokenized, cased model output against the raw references, default settings; lower-cased
 BLEU is reported beside it for comparison with older tutorials that lower-case everything.
+
+This module is the one BLEU path of the course: ``evaluate_translation`` translates (batching
+sentences of similar token length) and ``score_bleu`` scores; validation during training,
+the course checkpoint's test2016 scores and the GPU run all go through them.
 """
 
 from __future__ import annotations
@@ -15,20 +19,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
 from tqdm import tqdm
 
 from tfx_course.data.tokenizers import Tokenizer
-from tfx_course.decoding import translate
+from tfx_course.decoding import DecodableModel, translate
 
 __all__ = [
     "BleuResult",
     "score_bleu",
-    "corpus_bleu",
     "TranslationEvaluation",
+    "translate_by_length",
     "evaluate_translation",
     "clipped_ngram_matches",
+    "exact_match",
 ]
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Return the fraction of predictions equal to their reference, character for character."""
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
+    if len(references) == 0:
+        raise ValueError("exact_match needs at least one reference")
+    return sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 def clipped_ngram_matches(hyp: Sequence[str], ref: Sequence[str], n: int) -> tuple[int, int]:
@@ -60,7 +73,7 @@ class BleuResult:
         return f"BLEU {self.score:.2f} (lower-cased {self.lowercase_score:.2f})  {self.signature}"
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the keys of ``corpus_bleu``: bleu, signature, bleu_lowercase, signature_lowercase, n."""
+        """Return the scores as JSON-ready keys: bleu, signature, bleu_lowercase, signature_lowercase, n."""
         return {
             "bleu": self.score,
             "signature": self.signature,
@@ -73,11 +86,11 @@ class BleuResult:
 def score_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuResult:
     """Return sacreBLEU's corpus BLEU of ``hypotheses`` against one reference each, cased and lower-cased."""
     if isinstance(hypotheses, str) or isinstance(references, str):
-        raise TypeError("corpus_bleu expects lists of sentences, not one string")
+        raise TypeError("score_bleu expects lists of sentences, not one string")
     if len(hypotheses) != len(references):
         raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} references")
     if len(references) == 0:
-        raise ValueError("corpus_bleu needs at least one sentence")
+        raise ValueError("score_bleu needs at least one sentence")
     from sacrebleu.metrics import BLEU  # here: sacrebleu takes ~0.3 s to import
 
     hyps, refs = list(hypotheses), [list(references)]
@@ -96,16 +109,6 @@ def score_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuResu
     )
 
 
-def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """Return cased and lower-cased corpus BLEU of ``hypotheses`` against one reference each.
-
-    Keys: ``bleu`` (cased, the number to report), ``signature`` (its sacreBLEU signature),
-    ``bleu_lowercase`` and ``signature_lowercase``, ``n`` (sentences scored). The same
-    numbers as ``score_bleu``, as a json-ready dict.
-    """
-    return score_bleu(hypotheses, references).to_dict()
-
-
 @dataclass(frozen=True)
 class TranslationEvaluation:
     """What ``evaluate_translation`` measured, with every output for error analysis."""
@@ -118,8 +121,45 @@ class TranslationEvaluation:
     seconds: float  # wall-clock decoding time (varies between machines and runs)
 
 
+def translate_by_length(
+    model: DecodableModel,
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    tgt_tokenizer: Tokenizer | None = None,
+    *,
+    beam_size: int | None = None,
+    length_penalty: float = 0.6,
+    batch_size: int = 64,
+    max_len: int | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> list[str]:
+    """Translate ``texts`` in batches of similar token length; return the outputs in input order.
+
+    Sorting by the number of source tokens puts sentences of one length in one batch, so
+    little of each batch is padding. Greedy, or beam search with ``beam_size`` beams and the
+    GNMT ``length_penalty``; ``tgt_tokenizer`` defaults to ``tokenizer`` (a shared vocabulary).
+    """
+    if isinstance(texts, str):
+        raise TypeError("translate_by_length expects a list of strings; wrap one text as [text]")
+    tgt_tokenizer = tgt_tokenizer or tokenizer
+    lengths = [len(tokenizer.encode(text, add_special=True)) for text in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])  # stable: ties keep input order
+    outputs = [""] * len(texts)
+    desc = "greedy" if beam_size is None else f"beam {beam_size}"
+    with tqdm(total=len(texts), desc=desc, unit="sentence", disable=not progress) as bar:
+        for first in range(0, len(order), batch_size):
+            rows = order[first : first + batch_size]
+            batch = [texts[i] for i in rows]
+            args = (max_len, len(rows), beam_size, length_penalty, use_cache)
+            for i, text in zip(rows, translate(model, batch, tokenizer, tgt_tokenizer, *args), strict=True):  # fmt: skip
+                outputs[i] = text
+            bar.update(len(rows))
+    return outputs
+
+
 def evaluate_translation(
-    model: nn.Module,
+    model: DecodableModel,
     tokenizer: Tokenizer,
     pairs: Sequence[tuple[str, str]],
     method: str = "greedy",
@@ -129,11 +169,12 @@ def evaluate_translation(
     max_len: int | None = None,
     progress: bool = False,
     tgt_tokenizer: Tokenizer | None = None,
+    use_cache: bool = True,
 ) -> TranslationEvaluation:
     """Translate the source side of ``pairs`` and score it with sacreBLEU against the target side.
 
-    ``method`` is "greedy" or "beam" (``beam_size`` beams, GNMT ``length_penalty``); both use
-    the KV cache. Sentences are batched by length (less padding) and returned in input order.
+    ``method`` is "greedy" or "beam" (``beam_size`` beams, GNMT ``length_penalty``). Sentences
+    are batched by length (``translate_by_length``) and returned in input order.
     ``tgt_tokenizer`` defaults to ``tokenizer`` (one shared vocabulary); ``max_len`` caps the
     generated tokens (default: the model's ``config.max_len``).
     """
@@ -141,23 +182,13 @@ def evaluate_translation(
         raise ValueError(f'method must be "greedy" or "beam", got {method!r}')
     if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str):
         raise TypeError("pairs must be a list of (source, reference) pairs; wrap one as [pair]")
-    tgt_tokenizer = tgt_tokenizer or tokenizer
     sources, references = [src for src, _ in pairs], [ref for _, ref in pairs]
-    lengths = [len(tokenizer.encode(text, add_special=True)) for text in sources]
-    order = sorted(range(len(sources)), key=lambda i: lengths[i])  # less padding per batch
     beams = beam_size if method == "beam" else None
-    hypotheses = [""] * len(sources)
     start = time.perf_counter()
-    with tqdm(total=len(sources), desc=method, unit="sentence", disable=not progress) as bar:
-        for first in range(0, len(order), batch_size):
-            rows = order[first : first + batch_size]
-            texts = [sources[i] for i in rows]
-            outputs = translate(
-                model, texts, tokenizer, tgt_tokenizer, max_len, len(rows), beams, length_penalty
-            )
-            for i, text in zip(rows, outputs, strict=True):
-                hypotheses[i] = text
-            bar.update(len(rows))
+    hypotheses = translate_by_length(
+        model, sources, tokenizer, tgt_tokenizer, beam_size=beams, length_penalty=length_penalty,
+        batch_size=batch_size, max_len=max_len, use_cache=use_cache, progress=progress,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     name = "greedy" if method == "greedy" else f"beam {beam_size}"
     bleu = score_bleu(hypotheses, references)

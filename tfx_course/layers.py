@@ -1,4 +1,5 @@
-"""The Transformer's building blocks: embeddings, positions, LayerNorm, FFN, encoder and decoder layers.
+"""The Transformer's building blocks: embeddings, positions, LayerNorm, FFN, encoder and decoder
+layers, and the KV cache of incremental decoding.
 
 Shapes: B batch, T target/query length, S source/key length, C = d_model, H heads,
 V vocabulary size. Everything is batch-first; masks are boolean with True = may attend.
@@ -7,7 +8,8 @@ Both layers take ``norm_first`` (True: Pre-LN, ``x + f(norm(x))``; False: Post-L
 ``norm(x + f(x))``, the original paper and PyTorch's default) and ``residual`` (False drops
 the skip connections, for the ablation and gradient-flow experiments). Attention weights
 are returned by ``forward_with_weights``, never stored on the module; the same goes for the
-keys and values of cached decoding (``KVCache``, returned by ``DecoderLayer.step``).
+keys and values of cached decoding: ``DecoderLayer.step`` returns a new ``KVCache``, and
+``DecoderCache`` holds one per layer with the masks' inputs (``Transformer.decode_step``).
 """
 
 from __future__ import annotations
@@ -22,35 +24,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tfx_course.attention import MultiHeadAttention
+from tfx_course.validation import check_positive_int, check_probability, shape_str
 
 __all__ = [
     "TokenEmbedding",
     "sinusoidal_encoding",
     "SinusoidalPositionalEncoding",
     "LearnedPositionalEncoding",
+    "NoPositionalEncoding",
     "LayerNorm",
     "FeedForward",
     "EncoderLayer",
     "DecoderLayer",
     "KVCache",
+    "DecoderCache",
 ]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
-
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(n) for n in t.shape) + ")"
-
-
-def _check_positive(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_dropout(dropout: float) -> None:
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
 
 class TokenEmbedding(nn.Module):
@@ -65,7 +55,7 @@ class TokenEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int, pad_id: int | None = 0):
         super().__init__()
-        _check_positive(vocab_size=vocab_size, d_model=d_model)
+        check_positive_int(vocab_size=vocab_size, d_model=d_model)
         if pad_id is not None and not 0 <= pad_id < vocab_size:
             raise ValueError(f"pad_id={pad_id} is outside the vocabulary [0, {vocab_size})")
         self.vocab_size, self.d_model = vocab_size, d_model
@@ -86,7 +76,7 @@ class TokenEmbedding(nn.Module):
 
 def sinusoidal_encoding(max_len: int, d_model: int) -> Tensor:
     """Return the ``(max_len, d_model)`` table PE[pos, 2i] = sin(pos / 10000^(2i/d_model)), PE[pos, 2i+1] = cos(...)."""
-    _check_positive(max_len=max_len, d_model=d_model)
+    check_positive_int(max_len=max_len, d_model=d_model)
     if d_model % 2 != 0:
         raise ValueError(
             f"sinusoidal encodings pair sin and cos, so d_model must be even, got {d_model}"
@@ -107,8 +97,8 @@ class _PositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, max_len: int, dropout: float):
         super().__init__()
-        _check_positive(d_model=d_model, max_len=max_len)
-        _check_dropout(dropout)
+        check_positive_int(d_model=d_model, max_len=max_len)
+        check_probability(dropout)
         self.d_model, self.max_len = d_model, max_len
         self.dropout = nn.Dropout(dropout)
 
@@ -122,7 +112,7 @@ class _PositionalEncoding(nn.Module):
                 "larger max_len or truncate the inputs"
             )
         if C != self.d_model:
-            raise ValueError(f"expected (B, T, d_model={self.d_model}), got {_shape(x)}")
+            raise ValueError(f"expected (B, T, d_model={self.d_model}), got {shape_str(x)}")
         return self.dropout(x + self.pe[offset : offset + T])  # (B, T, C)
 
 
@@ -153,6 +143,21 @@ class LearnedPositionalEncoding(_PositionalEncoding):
         self.pe = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
 
 
+class NoPositionalEncoding(nn.Module):
+    """Add no positions, only dropout: the ablation that shows what positions are for.
+
+    Shapes: x (B, T, C) -> (B, T, C). Takes ``offset`` like the other encodings and ignores it.
+    """
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__()
+        check_probability(dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        return self.dropout(x)  # (B, T, C)
+
+
 class LayerNorm(nn.Module):
     """Normalise each position's features to mean 0 and variance 1, then scale and shift.
 
@@ -167,7 +172,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, fused: bool = False):
         super().__init__()
-        _check_positive(d_model=d_model)
+        check_positive_int(d_model=d_model)
         self.d_model, self.eps, self.fused = d_model, eps, fused
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
@@ -191,8 +196,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu"):
         super().__init__()
-        _check_positive(d_model=d_model, d_ff=d_ff)
-        _check_dropout(dropout)
+        check_positive_int(d_model=d_model, d_ff=d_ff)
+        check_probability(dropout)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
@@ -208,12 +213,17 @@ class FeedForward(nn.Module):
 class _ResidualLayer(nn.Module):
     """The wiring shared by both layers: "Add & Norm" around each sublayer, Pre-LN or Post-LN."""
 
-    def __init__(self, dropout: float, norm_first: bool, residual: bool, fused_attention: bool):
+    def __init__(
+        self, d_model: int, dropout: float, norm_first: bool, residual: bool, fused_norm: bool
+    ):
         super().__init__()
-        _check_dropout(dropout)
+        check_probability(dropout)
+        self.d_model, self.fused_norm = d_model, fused_norm
         self.norm_first, self.residual = norm_first, residual
-        self.fused_attention = fused_attention
         self.dropout = nn.Dropout(dropout)
+
+    def _norm(self) -> LayerNorm:
+        return LayerNorm(self.d_model, fused=self.fused_norm)
 
     def _pre_norm(self, x: Tensor, norm: nn.Module) -> Tensor:
         """Pre-LN normalises what goes into the sublayer; Post-LN passes x as it is."""
@@ -232,9 +242,9 @@ class EncoderLayer(_ResidualLayer):
 
     Shapes: x (B, S, C), mask broadcastable to (B, H, S, S) -> (B, S, C).
 
-    ``fused_attention=True`` makes ``forward`` use PyTorch's fused kernels for attention
-    and LayerNorm (same output, faster, no weights); ``forward_with_weights`` always
-    computes the weights explicitly.
+    ``fused_attention=True`` makes ``forward`` use PyTorch's fused attention kernel (same
+    output, faster, no weights; ``forward_with_weights`` always computes the weights), and
+    ``fused_norm=True`` makes the LayerNorms use ``F.layer_norm`` (same output, faster).
     """
 
     def __init__(
@@ -246,12 +256,13 @@ class EncoderLayer(_ResidualLayer):
         norm_first: bool = True,
         residual: bool = True,
         fused_attention: bool = False,
+        fused_norm: bool = False,
     ):
-        super().__init__(dropout, norm_first, residual, fused_attention)
+        super().__init__(d_model, dropout, norm_first, residual, fused_norm)
+        self.fused_attention = fused_attention
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
         self.ff = FeedForward(d_model, d_ff, dropout)
-        self.norm1 = LayerNorm(d_model, fused=fused_attention)
-        self.norm2 = LayerNorm(d_model, fused=fused_attention)
+        self.norm1, self.norm2 = self._norm(), self._norm()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self._forward(x, mask, need_weights=not self.fused_attention)[0]
@@ -280,6 +291,7 @@ class KVCache:
     cross_k, cross_v (B, H, S, D) projected from the memory once.
 
     Immutable: ``DecoderLayer.step`` returns a new cache, so nothing is stored on the module.
+    ``DecoderCache`` holds one per layer and knows their length and how to reorder them.
     """
 
     self_k: Tensor
@@ -287,28 +299,52 @@ class KVCache:
     cross_k: Tensor
     cross_v: Tensor
 
+
+@dataclass(frozen=True)
+class DecoderCache:
+    """What cached decoding keeps between steps: each layer's ``KVCache`` and the masks' inputs.
+
+    Shapes: layers, one ``KVCache`` per decoder layer; memory_mask (B, 1, 1, S) hides padded
+    source tokens; keep (B, t) is True for the real (not padding) target tokens so far.
+    Made by ``Transformer.start_cache``, grown by ``Transformer.decode_step`` (which returns
+    a new cache: nothing is stored on the model).
+    """
+
+    layers: tuple[KVCache, ...]
+    memory_mask: Tensor
+    keep: Tensor
+
     @property
     def length(self) -> int:
         """Target positions cached so far (t)."""
-        return self.self_k.shape[2]
+        return self.keep.shape[1]
 
-    def reorder(self, index: Tensor, memory: bool = True) -> KVCache:
+    def reorder(self, index: Tensor, memory: bool = True) -> DecoderCache:
         """Return the cache of the sequences ``index`` picks (row i of the result is row index[i]).
 
-        ``memory=False`` leaves the memory's keys and values alone: correct when ``index``
-        only moves rows between copies of the same source sentence, as beam search does,
-        and it saves copying them at every step.
+        ``memory=False`` leaves the memory's keys, values and mask alone: correct when
+        ``index`` only moves rows between copies of the same source sentence, as beam search
+        does, and it saves copying them at every step.
+
+        Shapes: index (B',) long -> a cache of B' sequences.
         """
-        if not memory and index.shape[0] != self.cross_k.shape[0]:
+        rows = self.memory_mask.shape[0]
+        if not memory and index.shape[0] != rows:
             raise ValueError(
-                f"memory=False keeps the memory's {self.cross_k.shape[0]} rows, so index must "
-                f"pick as many sequences, got {index.shape[0]}; pass memory=True"
+                f"memory=False keeps the memory's {rows} rows, so index must pick as many "
+                f"sequences, got {index.shape[0]}; pass memory=True"
             )
-        self_k, self_v = self.self_k.index_select(0, index), self.self_v.index_select(0, index)
-        if not memory:
-            return dataclasses.replace(self, self_k=self_k, self_v=self_v)
-        cross_k, cross_v = self.cross_k.index_select(0, index), self.cross_v.index_select(0, index)
-        return KVCache(self_k, self_v, cross_k, cross_v)
+
+        def pick(t: Tensor, moves: bool = True) -> Tensor:
+            return t.index_select(0, index) if moves else t
+
+        layers = tuple(
+            KVCache(
+                pick(c.self_k), pick(c.self_v), pick(c.cross_k, memory), pick(c.cross_v, memory)
+            )
+            for c in self.layers
+        )
+        return DecoderCache(layers, pick(self.memory_mask, memory), pick(self.keep))
 
 
 class DecoderLayer(_ResidualLayer):
@@ -317,7 +353,8 @@ class DecoderLayer(_ResidualLayer):
     Shapes: x (B, T, C), memory (B, S, C), self_mask broadcastable to (B, H, T, T) (causal
     and padding), memory_mask broadcastable to (B, H, T, S) (source padding) -> (B, T, C).
 
-    ``norm_first``, ``residual`` and ``fused_attention`` work as in ``EncoderLayer``.
+    ``norm_first``, ``residual``, ``fused_attention`` and ``fused_norm`` work as in
+    ``EncoderLayer``.
     """
 
     def __init__(
@@ -329,14 +366,14 @@ class DecoderLayer(_ResidualLayer):
         norm_first: bool = True,
         residual: bool = True,
         fused_attention: bool = False,
+        fused_norm: bool = False,
     ):
-        super().__init__(dropout, norm_first, residual, fused_attention)
+        super().__init__(d_model, dropout, norm_first, residual, fused_norm)
+        self.fused_attention = fused_attention
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout)
         self.ff = FeedForward(d_model, d_ff, dropout)
-        self.norm1 = LayerNorm(d_model, fused=fused_attention)
-        self.norm2 = LayerNorm(d_model, fused=fused_attention)
-        self.norm3 = LayerNorm(d_model, fused=fused_attention)
+        self.norm1, self.norm2, self.norm3 = self._norm(), self._norm(), self._norm()
 
     def forward(
         self,

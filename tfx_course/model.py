@@ -12,6 +12,8 @@ always adds the final norm; to compare a Post-LN model with it, set its
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +22,17 @@ from torch import Tensor, nn
 
 from tfx_course.attention import causal_mask, padding_mask
 from tfx_course.layers import (
+    DecoderCache,
     DecoderLayer,
     EncoderLayer,
     KVCache,
     LayerNorm,
     LearnedPositionalEncoding,
+    NoPositionalEncoding,
     SinusoidalPositionalEncoding,
     TokenEmbedding,
 )
+from tfx_course.validation import check_positive_int, check_probability, is_int
 
 __all__ = [
     "POSITIONAL_KINDS",
@@ -37,7 +42,7 @@ __all__ = [
     "Encoder",
     "Decoder",
     "Transformer",
-    "DecoderCache",
+    "eval_mode",
 ]
 
 POSITIONAL_KINDS = ("sinusoidal", "learned", "none")
@@ -49,7 +54,10 @@ _SIZE_FIELDS = ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_enc
 class ModelConfig:
     """Sizes and switches of a ``Transformer``; defaults are the paper's base model.
 
-    Make variants with ``dataclasses.replace(config, n_heads=1)``.
+    Make variants with ``dataclasses.replace(config, n_heads=1)``. ``fused_attention`` turns on
+    both of PyTorch's fused kernels, attention (the layers' ``fused_attention``) and LayerNorm
+    (their ``fused_norm``): same outputs within float tolerance, faster, no attention weights
+    in ``forward`` (``attention_maps`` still computes them).
     """
 
     src_vocab_size: int  # source tokens, including the special ones
@@ -66,13 +74,10 @@ class ModelConfig:
     residual: bool = True  # False drops every skip connection (for the ablation)
     tie_embeddings: bool = False  # the decoder's input embedding shares lm_head's weight
     pad_id: int = 0  # padding token, the same id in both vocabularies
-    fused_attention: bool = False  # fused attention and LayerNorm kernels in forward (faster)
+    fused_attention: bool = False  # PyTorch's fused kernels for attention AND LayerNorm (faster)
 
     def __post_init__(self) -> None:
-        for name in _SIZE_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(**{name: getattr(self, name) for name in _SIZE_FIELDS})
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
@@ -86,13 +91,12 @@ class ModelConfig:
             raise ValueError(
                 f"sinusoidal positions need an even d_model, got d_model={self.d_model}"
             )
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_probability(self.dropout)
         for name in ("norm_first", "residual", "tie_embeddings", "fused_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         smallest = min(self.src_vocab_size, self.tgt_vocab_size)
-        if not isinstance(self.pad_id, int) or not 0 <= self.pad_id < smallest:
+        if not is_int(self.pad_id) or not 0 <= self.pad_id < smallest:
             raise ValueError(
                 f"pad_id={self.pad_id!r} must be a token id of both vocabularies, in [0, {smallest})"
             )
@@ -118,18 +122,38 @@ class ModelConfig:
         )
 
     @classmethod
+    def course(cls, src_vocab_size: int, tgt_vocab_size: int) -> ModelConfig:
+        """The course checkpoint's model (presets cpu-smoke and cpu-course): 2.5M parameters
+        with a 6,000-token vocabulary, trained on 2 CPU cores."""
+        return cls(
+            src_vocab_size,
+            tgt_vocab_size,
+            d_model=128,
+            n_heads=4,
+            n_encoder_layers=2,
+            n_decoder_layers=2,
+            d_ff=512,
+            dropout=0.1,
+            max_len=128,  # subwords; Multi30k's longest sentences are about 60
+            tie_embeddings=True,
+            fused_attention=True,
+        )
+
+    @classmethod
     def base(cls, src_vocab_size: int, tgt_vocab_size: int) -> ModelConfig:
-        """The paper's widths with 3 + 3 layers, for Multi30k on a GPU (small data, so fewer layers)."""
+        """The paper's base model as the gpu-base preset trains it on Multi30k: 6 + 6 layers,
+        d_model 512, dropout 0.3 (29,000 sentence pairs overfit the paper's 0.1)."""
         return cls(
             src_vocab_size,
             tgt_vocab_size,
             d_model=512,
             n_heads=8,
-            n_encoder_layers=3,
-            n_decoder_layers=3,
+            n_encoder_layers=6,
+            n_decoder_layers=6,
             d_ff=2048,
-            dropout=0.1,
-            max_len=256,
+            dropout=0.3,
+            max_len=128,
+            tie_embeddings=True,
             fused_attention=True,
         )
 
@@ -146,11 +170,12 @@ def target_mask(tgt: Tensor, pad_id: int) -> Tensor:
 
 
 def _positional(config: ModelConfig) -> nn.Module:
+    """Return the positional encoding of ``config``; each adds positions offset..offset+T-1."""
     if config.positional == "sinusoidal":
         return SinusoidalPositionalEncoding(config.d_model, config.max_len, config.dropout)
     if config.positional == "learned":
         return LearnedPositionalEncoding(config.d_model, config.max_len, config.dropout)
-    return nn.Dropout(config.dropout)  # "none": token embeddings only
+    return NoPositionalEncoding(config.dropout)  # "none": token embeddings only
 
 
 def _final_norm(config: ModelConfig) -> nn.Module:
@@ -166,7 +191,8 @@ _LAYER_OPTIONS = "d_model n_heads d_ff dropout norm_first residual fused_attenti
 
 def _layer_options(config: ModelConfig) -> dict[str, Any]:
     """Return the config's values for the arguments ``EncoderLayer`` and ``DecoderLayer`` share."""
-    return {name: getattr(config, name) for name in _LAYER_OPTIONS}
+    options = {name: getattr(config, name) for name in _LAYER_OPTIONS}
+    return options | {"fused_norm": config.fused_attention}  # one switch for both kernels
 
 
 def _check_tokens(name: str, tokens: Tensor) -> None:
@@ -262,20 +288,17 @@ class Decoder(nn.Module):
         self,
         tgt: Tensor,
         caches: tuple[KVCache, ...],
+        offset: int,
         self_mask: Tensor | None = None,
         memory_mask: Tensor | None = None,
     ) -> tuple[Tensor, tuple[KVCache, ...]]:
         """Run the decoder on new target tokens only, reusing each layer's cached keys and values.
 
-        Shapes: tgt (B, T) the new tokens, at positions t..t+T-1 after the t cached ones;
-        self_mask broadcastable to (B, H, T, t + T); memory_mask to (B, H, T, S)
-        -> hidden states (B, T, C) and the grown caches.
+        Shapes: tgt (B, T) the new tokens, at positions offset..offset+T-1 after the ``offset``
+        cached ones; self_mask broadcastable to (B, H, T, offset + T); memory_mask to
+        (B, H, T, S) -> hidden states (B, T, C) and the grown caches.
         """
-        x = self.embed(tgt)  # (B, T, C)
-        if isinstance(self.positional, nn.Dropout):  # positional="none"
-            x = self.positional(x)
-        else:
-            x = self.positional(x, offset=caches[0].length)  # (B, T, C)
+        x = self.positional(self.embed(tgt), offset=offset)  # (B, T, C)
         grown = []
         for layer, cache in zip(self.layers, caches, strict=True):
             x, cache = layer.step(x, cache, self_mask, memory_mask)
@@ -372,7 +395,7 @@ class Transformer(nn.Module):
         total = keep.shape[1]
         causal = causal_mask(total, device=tgt.device)[total - T :]  # (T, t + T): rows of the new
         self_mask = causal & padding_mask(keep)  # (B, 1, T, t + T)
-        x, layers = self.decoder.step(tgt, cache.layers, self_mask, cache.memory_mask)
+        x, layers = self.decoder.step(tgt, cache.layers, cache.length, self_mask, cache.memory_mask)
         return self.lm_head(x), DecoderCache(layers, cache.memory_mask, keep)  # (B, T, V)
 
     @torch.no_grad()
@@ -383,18 +406,19 @@ class Transformer(nn.Module):
         each a list with one tensor per layer. The model's train/eval mode is restored.
         """
         self._check_pair(src, tgt)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             src_mask = source_mask(src, self.config.pad_id)
             memory, encoder = self.encoder.forward_with_weights(src, src_mask)
             tgt_mask = target_mask(tgt, self.config.pad_id)
             _, decoder_self, cross = self.decoder.forward_with_weights(
                 tgt, memory, tgt_mask, src_mask
             )
-        finally:
-            self.train(was_training)
         return {"encoder": encoder, "decoder_self": decoder_self, "cross": cross}
+
+    @property
+    def device(self) -> torch.device:
+        """The device the weights are on (where ``greedy_decode`` and ``fit`` move the inputs)."""
+        return self.lm_head.weight.device
 
     def num_parameters(self) -> int:
         """Count the trainable numbers, a tied matrix once."""
@@ -411,30 +435,12 @@ class Transformer(nn.Module):
             )
 
 
-@dataclass(frozen=True)
-class DecoderCache:
-    """What cached decoding keeps between steps: each decoder layer's ``KVCache`` and the masks' inputs.
-
-    Shapes: layers, one ``KVCache`` per decoder layer; memory_mask (B, 1, 1, S) hides padded
-    source tokens; keep (B, t) is True for the real (not padding) target tokens so far.
-    Made by ``Transformer.start_cache``, grown by ``Transformer.decode_step`` (which returns
-    a new cache: nothing is stored on the model).
-    """
-
-    layers: tuple[KVCache, ...]
-    memory_mask: Tensor
-    keep: Tensor
-
-    @property
-    def length(self) -> int:
-        """Target positions cached so far (t)."""
-        return self.keep.shape[1]
-
-    def reorder(self, index: Tensor, memory: bool = True) -> DecoderCache:
-        """Return the cache of the sequences ``index`` picks (see ``KVCache.reorder``).
-
-        Shapes: index (B',) long -> a cache of B' sequences.
-        """
-        layers = tuple(cache.reorder(index, memory) for cache in self.layers)
-        memory_mask = self.memory_mask.index_select(0, index) if memory else self.memory_mask
-        return DecoderCache(layers, memory_mask, self.keep.index_select(0, index))
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run a ``with`` block with ``model`` in eval mode (no dropout), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

@@ -1,8 +1,8 @@
 """The course's trained German-to-English model: export it, load it, score it on test2016.
 
 A trained run (``tfx_course.translation.train_translation``) leaves a full training checkpoint
-(weights, optimizer, schedule). The course ships only what translation needs, in
-``checkpoints/course/``:
+(weights, optimizer, schedule). The course ships only what translation needs, as package data
+in ``tfx_course/course_checkpoint/`` (so an installed package has it too):
 
 - ``model.pt``: the weights in half precision and the ``ModelConfig``, readable with
   ``torch.load(weights_only=True)`` (a checkpoint cannot run code when loaded);
@@ -23,17 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from tfx_course.data.multi30k import load_multi30k
 from tfx_course.data.subword import SubwordTokenizer
-from tfx_course.evaluation import corpus_bleu
+from tfx_course.evaluation import evaluate_translation
+from tfx_course.files import atomic_open, write_json
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.training import load_checkpoint
-from tfx_course.translation import translate_sorted, write_json
 
 __all__ = [
-    "GPU_RESULTS",
     "gpu_results_summary",
     "MODEL_FORMAT",
     "COURSE_CHECKPOINT",
@@ -49,8 +47,11 @@ __all__ = [
 ]
 
 MODEL_FORMAT = "tfx_course.model/1"
-# The repository's copy; $TFX_COURSE_CHECKPOINT points elsewhere (e.g. an installed package).
-COURSE_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "course"
+SUBSET_SIZE = 100  # test2016 sentences the checkpoint test re-scores (first n, in file order)
+BEAM_SIZE = 5  # beam width of the recorded beam-search score
+LENGTH_PENALTY = 0.6  # decoding.translate's default GNMT alpha, recorded beside the beam score
+# Package data, installed with the package; $TFX_COURSE_CHECKPOINT points elsewhere.
+COURSE_CHECKPOINT = Path(__file__).resolve().parent / "course_checkpoint"
 
 
 def course_checkpoint_dir() -> Path:
@@ -66,8 +67,8 @@ def export_model(
 
     Tied weights stay shared, so they are stored once.
     """
-    if not dataclasses.is_dataclass(getattr(model, "config", None)):
-        raise ValueError("export_model needs a model with a dataclass .config (a Transformer)")
+    if not isinstance(model, Transformer):
+        raise TypeError(f"export_model writes a Transformer, got {type(model).__name__}")
     weights = copy.deepcopy(model).to(dtype).state_dict()  # casting the module keeps ties
     payload = {
         "format": MODEL_FORMAT,
@@ -75,12 +76,9 @@ def export_model(
         "dtype": str(dtype).removeprefix("torch."),
         "state_dict": weights,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
+    return Path(path)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
@@ -98,14 +96,15 @@ def load_course_model(
 ) -> tuple[Transformer, SubwordTokenizer]:
     """Return the shipped course model (eval mode) and its tokenizer.
 
-    ``folder`` defaults to ``course_checkpoint_dir()`` (``checkpoints/course`` in the repository).
+    ``folder`` defaults to ``course_checkpoint_dir()`` (the package's ``course_checkpoint/``).
     """
     folder = Path(folder) if folder is not None else course_checkpoint_dir()
     missing = [n for n in ("model.pt", "tokenizer.json") if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{', '.join(missing)} not found in {folder}; the course model ships in the "
-            "repository's checkpoints/course/ (set TFX_COURSE_CHECKPOINT to another folder)"
+            f"{', '.join(missing)} not found in {folder}; the course model ships inside the "
+            "package, in tfx_course/course_checkpoint/ (set TFX_COURSE_CHECKPOINT to use another "
+            "folder)"
         )
     return load_model(folder / "model.pt", device), SubwordTokenizer.load(folder / "tokenizer.json")
 
@@ -121,7 +120,7 @@ def model_from_training_checkpoint(path: str | os.PathLike) -> Transformer:
 
 
 def score_test2016(
-    model: nn.Module,
+    model: Transformer,
     tokenizer: SubwordTokenizer,
     *,
     limit: int | None = None,
@@ -132,23 +131,16 @@ def score_test2016(
 ) -> dict[str, Any]:
     """Translate test2016 (its first ``limit`` sentences if given) and return sacreBLEU scores.
 
-    Adds ``decoder`` ("greedy" or "beam k") and ``sentences`` to ``corpus_bleu``'s keys.
+    ``evaluation.evaluate_translation`` translates and scores; the result is its
+    ``BleuResult.to_dict()`` plus ``decoder`` ("greedy" or "beam k") and ``sentences``.
     """
-    pairs = load_multi30k("test2016", root)
-    if limit is not None:
-        pairs = pairs[:limit]
-    hypotheses = translate_sorted(
-        model, [de for de, _ in pairs], tokenizer, max_len, batch_size, beam_size
-    )
-    scores = corpus_bleu(hypotheses, [en for _, en in pairs])
-    scores["decoder"] = "greedy" if beam_size is None else f"beam {beam_size}"
-    scores["sentences"] = len(pairs)
-    return scores
-
-
-SUBSET_SIZE = 100  # test2016 sentences the checkpoint test re-scores (first n, in file order)
-BEAM_SIZE = 5  # beam width of the recorded beam-search score
-LENGTH_PENALTY = 0.6  # decoding.translate's default GNMT alpha, recorded beside the beam score
+    pairs = load_multi30k("test2016", root)[:limit]
+    method = "greedy" if beam_size is None else "beam"
+    result = evaluate_translation(
+        model, tokenizer, pairs, method, beam_size=beam_size or 1, length_penalty=LENGTH_PENALTY,
+        batch_size=batch_size, max_len=max_len,
+    )  # fmt: skip
+    return {**result.bleu.to_dict(), "decoder": result.method, "sentences": len(pairs)}
 
 
 def export_course_checkpoint(
@@ -167,8 +159,9 @@ def export_course_checkpoint(
     """
     run_dir, dest = Path(run_dir), Path(dest)
     export_model(model_from_training_checkpoint(run_dir / "checkpoint.pt"), dest / "model.pt")
-    for name in ("tokenizer.json", "curves.png", "history.json"):
-        shutil.copyfile(run_dir / name, dest / name)
+    for name in ("tokenizer.json", "history.json", "curves.png"):  # curves: drawn by the CLI
+        if name != "curves.png" or (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, dest / name)
     model, tokenizer = load_course_model(dest)
     run = json.loads((run_dir / "run.json").read_text())
     decode_max_len = run["preset"]["decode_max_len"]
@@ -189,11 +182,11 @@ def export_course_checkpoint(
     return results
 
 
-GPU_RESULTS = COURSE_CHECKPOINT.parents[1] / "results"  # benchmarks/gpu_run.py writes here
-
-
 def gpu_results_summary(path: str | os.PathLike) -> str | None:
-    """Return a short report of a ``benchmarks/gpu_run.py`` results file, or None if absent.
+    """Return a short report of a ``tools/gpu/gpu_run.py`` results file, or None if absent.
+
+    The caller names the file (e.g. the repository's ``results/gpu_base.json``): the package
+    never looks for it.
 
     One line each: device, parameters, steps, training time and throughput, and the test2016
     sacreBLEU scores (cased and lower-cased) of every decoder that was scored.

@@ -1,12 +1,13 @@
-"""Training a sequence-to-sequence model: config, loss, schedule, optimizer, loop.
+"""Training a sequence-to-sequence model: config, loss, schedules, optimizer, step, loop, evaluation.
 
 Checkpoints are written by ``tfx_course.checkpoint`` (``save_checkpoint`` and
-``load_checkpoint`` are re-exported here). ``fit`` also runs under DistributedDataParallel.
+``load_checkpoint`` are re-exported here). ``fit`` also runs under DistributedDataParallel
+(``tfx_course.distributed``).
 
 Shapes: B batch, S source length, T target length, V target vocabulary size.
 
-The model is anything with ``forward(src (B, S), tgt_in (B, T)) -> logits (B, T, V)`` and a
-``config.pad_id`` (the course's ``Transformer``); batches are ``Seq2SeqBatch`` objects.
+The model is a ``TrainableModel``: ``forward(src (B, S), tgt_in (B, T)) -> logits (B, T, V)``,
+``config.pad_id`` and ``device`` (the course's ``Transformer``); batches are ``Seq2SeqBatch``.
 """
 
 from __future__ import annotations
@@ -16,20 +17,22 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from tfx_course.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, unwrap_model
+from tfx_course.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tfx_course.data.batching import Seq2SeqBatch
+from tfx_course.distributed import all_reduce_sum, any_process, shard_batch, unwrap_model, world
+from tfx_course.model import eval_mode
 from tfx_course.repro import seed_everything
+from tfx_course.validation import is_int
 
 __all__ = [
     "SCHEDULES",
@@ -42,11 +45,10 @@ __all__ = [
     "warmup_schedule",
     "make_optimizer",
     "make_scheduler",
+    "TrainableModel",
     "train_step",
-    "shard_batch",
     "fit",
     "evaluate",
-    "exact_match",
     "grad_norms_by_layer",
     "save_checkpoint",
     "load_checkpoint",
@@ -84,17 +86,17 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(self.betas))  # from_dict may hand in a list
         checks = [
             (self.lr > 0, f"lr={self.lr} must be positive"),
-            (_is_int(self.max_steps) and self.max_steps >= 1, f"max_steps={self.max_steps} must be a positive integer"),
-            (_is_int(self.warmup_steps) and self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be a non-negative integer"),
+            (is_int(self.max_steps) and self.max_steps >= 1, f"max_steps={self.max_steps} must be a positive integer"),
+            (is_int(self.warmup_steps) and self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be a non-negative integer"),
             (self.schedule in SCHEDULES, f"schedule={self.schedule!r} is not one of {SCHEDULES}"),
             (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]"),
-            (_is_int(self.batch_size) and self.batch_size >= 1, f"batch_size={self.batch_size} must be a positive integer"),
+            (is_int(self.batch_size) and self.batch_size >= 1, f"batch_size={self.batch_size} must be a positive integer"),
             (0.0 <= self.label_smoothing < 1.0, f"label_smoothing={self.label_smoothing} must lie in [0, 1)"),
             (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must not be negative"),
             (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), f"betas={self.betas} must be two numbers in [0, 1)"),
             (self.eps > 0, f"eps={self.eps} must be positive"),
             (self.clip_norm is None or self.clip_norm > 0, f"clip_norm={self.clip_norm} must be positive or None"),
-            (_is_int(self.log_every) and self.log_every >= 1, f"log_every={self.log_every!r} must be a positive integer"),
+            (is_int(self.log_every) and self.log_every >= 1, f"log_every={self.log_every!r} must be a positive integer"),
             (_positive_or_none(self.eval_every), f"eval_every={self.eval_every!r} must be a positive integer or None"),
             (_positive_or_none(self.checkpoint_every), f"checkpoint_every={self.checkpoint_every!r} must be a positive integer or None"),
             (self.precision in PRECISIONS, f"precision={self.precision!r} is not one of {PRECISIONS}"),
@@ -152,11 +154,7 @@ class TrainConfig:
 
 
 def _positive_or_none(value: object) -> bool:
-    return value is None or (_is_int(value) and value >= 1)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return value is None or (is_int(value) and value >= 1)
 
 
 @dataclass
@@ -320,24 +318,25 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def _pad_id(model: nn.Module, pad_id: int | None) -> int:
-    if pad_id is not None:
-        return pad_id
-    config = getattr(unwrap_model(model), "config", None)
-    if config is None or not hasattr(config, "pad_id"):
-        raise ValueError("the model has no config.pad_id; pass pad_id= explicitly")
-    return int(config.pad_id)
+class TrainableModel(Protocol):
+    """What ``fit``, ``train_step`` and ``evaluate`` need of a model; the course's ``Transformer`` is one.
+
+    ``config.pad_id`` is the default padding id and ``device`` is where batches are moved. Under
+    DistributedDataParallel the wrapper is passed; its ``module`` is the model described here.
+    """
+
+    @property
+    def config(self) -> _PadConfig: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __call__(self, src: Tensor, tgt_in: Tensor) -> Tensor: ...
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _world() -> tuple[int, int]:
-    """Return (rank, world size): (0, 1) unless torch.distributed is running."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+class _PadConfig(Protocol):
+    @property
+    def pad_id(self) -> int: ...
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -359,7 +358,7 @@ def train_step(
     is divided by the global number of target tokens, so the averaged gradients and the
     returned loss equal one process's on the whole batch.
     """
-    _, world = _world()
+    _, processes = world()
     lr = optimizer.param_groups[0]["lr"]
     with _autocast(batch.src.device, config.precision):
         logits = model(batch.src, batch.tgt_in)  # (B, T, V)
@@ -367,50 +366,131 @@ def train_step(
         logits, batch.tgt_out, config.label_smoothing, pad_id, reduction="sum"
     )
     tokens = (batch.tgt_out != pad_id).sum()  # this shard's target tokens, a tensor: no sync
-    if world > 1:
-        both = torch.stack([summed.detach(), tokens.to(summed.dtype)])
-        dist.all_reduce(both)  # global loss sum and token count
-        reported, tokens = both[0], both[1]
-    loss = summed * world / tokens.clamp(min=1)  # DDP averages over ranks: x world undoes that
+    if processes > 1:  # global loss sum and token count
+        reported, tokens = all_reduce_sum(torch.stack([summed.detach(), tokens.to(summed.dtype)]))
+    loss = summed * processes / tokens.clamp(min=1)  # DDP averages over ranks: x world undoes that
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = config.clip_norm if config.clip_norm is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     optimizer.step()
     scheduler.step()
-    if world > 1:
+    if processes > 1:
         loss = reported / tokens.clamp(min=1)
     return loss.item(), grad_norm.item(), lr
 
 
-def _batch_order(n: int, epoch: int, config: TrainConfig) -> list[int]:
-    order = list(range(n))
-    if config.shuffle:
-        random.Random(f"{config.seed}:{epoch}").shuffle(order)  # own generator: resumable
-    return order
+def _batch_stream(
+    batches: Sequence[Seq2SeqBatch], start: int, end: int, config: TrainConfig
+) -> Iterator[Seq2SeqBatch]:
+    """Yield the batches of steps ``start + 1 .. end``, in a new seeded order every epoch.
 
-
-def shard_batch(batch: Seq2SeqBatch, rank: int, world: int) -> Seq2SeqBatch:
-    """Return rows ``rank, rank + world, ...`` of ``batch``: this process's share of it.
-
-    Shapes: (B, L) tensors -> (ceil((B - rank) / world), L).
+    The order depends only on (seed, epoch), so a resumed run visits the same batches.
     """
-    if len(batch) < world:
+    n = len(batches)
+    for step in range(start, end):
+        if step == start or step % n == 0:
+            order = list(range(n))
+            if config.shuffle:  # its own generator: the global random state is left alone
+                random.Random(f"{config.seed}:{step // n}").shuffle(order)
+        yield batches[order[step % n]]
+
+
+def _pad_id_and_device(model: nn.Module, pad_id: int | None) -> tuple[int, torch.device]:
+    """Return ``pad_id`` (default: the model's ``config.pad_id``) and the model's device."""
+    inner = unwrap_model(model)
+    try:
+        return (inner.config.pad_id if pad_id is None else pad_id), inner.device
+    except AttributeError as err:
+        raise TypeError(
+            f"training needs a TrainableModel, with config.pad_id and device, like the course's "
+            f"Transformer ({err})"
+        ) from None
+
+
+def _check_batches(batches: Sequence[Seq2SeqBatch]) -> None:
+    if not isinstance(batches, Sequence) or len(batches) == 0:
         raise ValueError(
-            f"a batch of {len(batch)} rows cannot be shared by {world} processes; "
-            "use larger batches (more tokens per batch) or fewer processes"
+            "train_batches must be a non-empty list of Seq2SeqBatch (see make_batches)"
         )
-    rows = slice(rank, None, world)
-    return Seq2SeqBatch(batch.src[rows], batch.tgt_in[rows], batch.tgt_out[rows])
 
 
-def _agree(flag: bool, device: torch.device) -> bool:
-    """Return True on every process if ``flag`` is True on any (so all stop together)."""
-    if _world()[1] == 1:
-        return flag
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+class _Run:
+    """The state one call of ``fit`` carries from step to step: optimizer, schedule, history."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, pad_id: int | None) -> None:
+        self.model, self.config = model, config
+        self.pad_id, self.device = _pad_id_and_device(model, pad_id)
+        self.rank, self.processes = world()
+        self.lead = self.rank == 0
+        self.optimizer = make_optimizer(model, config)
+        self.scheduler = make_scheduler(self.optimizer, config)
+        self.history, self.step, self.saved_at = History(), 0, -1
+
+    def start(self, checkpoint_path: str | os.PathLike | None, resume: bool) -> None:
+        """Continue from ``checkpoint_path`` when resuming and it exists, else seed a new run."""
+        if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+            args = (self.model, self.optimizer, self.scheduler, self.config)
+            self.step, self.history = _resume(checkpoint_path, *args)
+        else:
+            seed_everything(self.config.seed)
+
+    def train_on(self, batch: Seq2SeqBatch) -> float:
+        """Take one optimizer step on ``batch`` (this process's rows of it); return the loss."""
+        tokens = batch.num_tokens(self.pad_id)  # of the global batch, counted on the CPU
+        started = time.perf_counter()
+        if self.processes > 1:
+            batch = shard_batch(batch, self.rank, self.processes)
+        args = (self.optimizer, self.scheduler, self.config, self.pad_id)
+        loss, grad_norm, lr = train_step(self.model, batch.to(self.device), *args)
+        self.step += 1
+        self.history.train_seconds += time.perf_counter() - started
+        self.history.train_tokens += tokens
+        self.history.record(self.step, loss, lr, grad_norm)
+        return loss
+
+    def step_on(self, batch: Seq2SeqBatch, bar: tqdm) -> bool:
+        """Train on ``batch`` and advance ``bar``; return False (and say so) if the loss diverged."""
+        loss = self.train_on(batch)
+        bar.update(1)
+        if math.isfinite(loss):
+            return True
+        self.history.diverged_at = self.step
+        if not bar.disable:
+            bar.write(
+                f"stopped at step {self.step}: the loss is {loss} (lower lr or longer warmup?)"
+            )
+        return False
+
+    def validation_due(self) -> bool:
+        """Validate every ``eval_every`` steps and at the end of the schedule."""
+        every = self.config.eval_every
+        return (every is not None and self.step % every == 0) or self.step == self.config.max_steps
+
+    def summary(self, show_speed: bool) -> str:
+        """Return the progress bar's text: loss, lr, validation results and perhaps the speed."""
+        speed = f", tok/s={self.history.tokens_per_second:.0f}" if show_speed else ""
+        return self.history.summary() + speed
+
+    def validate(self, batches: Sequence[Seq2SeqBatch], on_validate: _OnValidate | None) -> None:
+        """Record the validation loss and ``on_validate``'s metrics (rank 0 alone: no collectives)."""
+        inner = unwrap_model(self.model)
+        loss = evaluate(inner, batches, pad_id=self.pad_id)["loss"]
+        metrics = {}
+        if on_validate is not None:
+            with eval_mode(inner):
+                metrics = on_validate(inner, self.step)
+        self.history.record_validation(self.step, loss, **metrics)
+
+    def save(self, path: str | os.PathLike, extra: dict[str, Any] | None) -> None:
+        """Write a checkpoint of this step (rank 0 writes; every process notes the step)."""
+        if self.lead:
+            args = (self.model, self.optimizer, self.scheduler, self.step)
+            save_checkpoint(path, *args, train_config=self.config, history=self.history, extra=extra)  # fmt: skip
+        self.saved_at = self.step
+
+
+_OnValidate = Callable[[nn.Module, int], dict[str, float]]
 
 
 def fit(
@@ -425,7 +505,7 @@ def fit(
     stop_after: int | None = None,
     pad_id: int | None = None,
     max_seconds: float | None = None,
-    on_validate: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    on_validate: _OnValidate | None = None,
     show_speed: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> History:
@@ -448,82 +528,29 @@ def fit(
     passes the same ``train_batches`` and trains on its rows of each (``shard_batch``);
     only rank 0 shows progress, validates and writes checkpoints.
     """
-    if not isinstance(train_batches, Sequence) or len(train_batches) == 0:
-        raise ValueError(
-            "train_batches must be a non-empty list of Seq2SeqBatch (see make_batches)"
-        )
-    pad_id, device = _pad_id(model, pad_id), _device(model)
-    rank, world = _world()
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
-    history, step = History(), 0
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        step, history = _resume(checkpoint_path, model, optimizer, scheduler, config)
-    else:
-        seed_everything(config.seed)
+    _check_batches(train_batches)
+    run = _Run(model, config, pad_id)
+    run.start(checkpoint_path, resume)
     end = config.max_steps if stop_after is None else min(stop_after, config.max_steps)
-    lead = rank == 0
-    bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not (progress and lead))
-    saved: list[int] = []
-
-    def checkpoint() -> None:
-        if lead:
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, step, train_config=config, history=history, extra=extra)  # fmt: skip
-        saved.append(step)
-
-    def validate() -> None:
-        inner = unwrap_model(model)  # rank 0 alone: no collective calls inside
-        loss = evaluate(inner, val_batches, pad_id=pad_id)["loss"]
-        metrics = {}
-        if on_validate is not None:
-            inner.eval()
-            try:
-                metrics = on_validate(inner, step)
-            finally:
-                inner.train()
-        history.record_validation(step, loss, **metrics)
-
+    shown = progress and run.lead
+    bar = tqdm(total=config.max_steps, initial=run.step, desc="train", disable=not shown)
     model.train()
-    n, epoch, order = len(train_batches), None, []
-    started = last = time.perf_counter()
-    while step < end:
-        if step // n != epoch:  # the order depends only on (seed, epoch), so resuming repeats it
-            epoch = step // n
-            order = _batch_order(n, epoch, config)
-        batch = train_batches[order[step % n]]
-        tokens = batch.num_tokens(pad_id)  # of the global batch, counted on the CPU
-        if world > 1:
-            batch = shard_batch(batch, rank, world)
-        loss, grad_norm, lr = train_step(model, batch.to(device), optimizer, scheduler, config, pad_id)  # fmt: skip
-        step += 1
-        now = time.perf_counter()
-        history.train_seconds += now - last
-        history.train_tokens += tokens
-        history.record(step, loss, lr, grad_norm)
-        bar.update(1)
-        if not math.isfinite(loss):
-            history.diverged_at = step
-            if progress and lead:
-                bar.write(
-                    f"stopped at step {step}: the loss is {loss} (lower lr or longer warmup?)"
-                )
+    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
+    for batch in _batch_stream(train_batches, run.step, end, config):
+        if not run.step_on(batch, bar):  # the loss is not finite: the run stops
             break
-        evaluate_now = config.eval_every is not None and step % config.eval_every == 0
-        if lead and val_batches and (evaluate_now or step == config.max_steps):
-            validate()
-        if step % config.log_every == 0 or step == end:
-            speed = f", tok/s={history.tokens_per_second:.0f}" if show_speed else ""
-            bar.set_postfix_str(history.summary() + speed, refresh=False)
-        if checkpoint_path is not None and step % (config.checkpoint_every or end + 1) == 0:
-            checkpoint()
-        out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
-        if _agree(out_of_time, device):
+        if run.lead and val_batches and run.validation_due():
+            run.validate(val_batches, on_validate)
+        if run.step % config.log_every == 0 or run.step == end:
+            bar.set_postfix_str(run.summary(show_speed), refresh=False)
+        if checkpoint_path is not None and run.step % (config.checkpoint_every or end + 1) == 0:
+            run.save(checkpoint_path, extra)
+        if any_process(time.perf_counter() > deadline, run.device):
             break
-        last = time.perf_counter()  # validation and saving do not count as training time
     bar.close()
-    if checkpoint_path is not None and saved[-1:] != [step]:
-        checkpoint()
-    return history
+    if checkpoint_path is not None and run.saved_at != run.step:
+        run.save(checkpoint_path, extra)
+    return run.history
 
 
 def _resume(
@@ -558,10 +585,9 @@ def evaluate(
 
     Runs in eval mode (no dropout) and puts the model back in the mode it was in.
     """
-    pad_id, device, was_training = _pad_id(model, pad_id), _device(model), model.training
-    model.eval()
+    pad_id, device = _pad_id_and_device(model, pad_id)
     total, correct, tokens = 0.0, 0, 0
-    try:
+    with eval_mode(model):
         for batch in batches:
             batch = batch.to(device)
             logits = model(batch.src, batch.tgt_in)  # (B, T, V)
@@ -572,8 +598,6 @@ def evaluate(
             total += summed.item()
             correct += int(((logits.argmax(-1) == batch.tgt_out) & keep).sum())
             tokens += int(keep.sum())
-    finally:
-        model.train(was_training)
     if tokens == 0:
         raise ValueError("evaluate got no target tokens (empty batches or only padding)")
     loss = total / tokens
@@ -583,15 +607,6 @@ def evaluate(
         "token_accuracy": correct / tokens,
         "tokens": tokens,
     }
-
-
-def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Return the fraction of predictions equal to their reference, character for character."""
-    if len(predictions) != len(references):
-        raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
-    if len(references) == 0:
-        raise ValueError("exact_match needs at least one reference")
-    return sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 def grad_norms_by_layer(model: nn.Module) -> dict[str, float]:

@@ -1,39 +1,39 @@
-"""German-to-English translation on Multi30k: presets, data pipeline, training run, results.
+"""German-to-English translation on Multi30k: the recipe's presets, its data and its run.
 
 One recipe at three sizes (``PRESETS``): ``cpu-smoke`` (a minute on a laptop), ``cpu-course``
-(the small model whose checkpoint ships with the course) and ``gpu-base`` (one GPU: 4.4 minutes of
-training on an H100). ``train_translation`` trains a preset end to end: a shared BPE vocabulary for both
-languages, token-count batches, the ``fit`` loop with checkpoints that resume, validation loss
-and greedy BLEU on a validation subset after every epoch, and curves.
+(the small model whose checkpoint ships with the course) and ``gpu-base`` (one GPU: 4.4 minutes
+of training on an H100). A preset is a ``ModelConfig`` and a ``TrainConfig`` plus how the data
+is cut. ``train_translation`` trains a preset end to end: a shared BPE vocabulary for both
+languages, token-count batches, the ``fit`` loop with checkpoints that resume, and validation
+loss and greedy BLEU (``evaluation.evaluate_translation``) on a validation subset.
 
-The same function runs under ``torchrun --nproc_per_node=N`` with DistributedDataParallel.
+The same function runs under ``torchrun --nproc_per_node=N`` with DistributedDataParallel
+(``tfx_course.distributed``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from tfx_course.data.batching import Seq2SeqBatch
 from tfx_course.data.bucketing import make_token_batches
-from tfx_course.data.cache import atomic_open
 from tfx_course.data.multi30k import load_multi30k
 from tfx_course.data.subword import SubwordTokenizer, train_subword_tokenizer
-from tfx_course.decoding import translate
-from tfx_course.device import pick_device
-from tfx_course.evaluation import corpus_bleu
+from tfx_course.distributed import Group, process_group
+from tfx_course.evaluation import evaluate_translation
+from tfx_course.files import write_json
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.repro import seed_everything
 from tfx_course.training import History, TrainConfig, fit
+from tfx_course.validation import check_positive_int
 
 __all__ = [
     "Preset",
@@ -42,30 +42,24 @@ __all__ = [
     "TranslationData",
     "prepare_data",
     "build_model",
-    "translate_sorted",
-    "bleu_of",
     "train_translation",
-    "save_curves",
-    "write_json",
 ]
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A complete recipe: vocabulary, model sizes, batch size, optimisation and evaluation."""
+    """A complete recipe: the model, the optimisation, and how the data and evaluation are cut.
+
+    ``model``'s vocabulary sizes are those of the shared BPE vocabulary to train; its
+    ``max_len`` is also the longest sentence (in subwords) kept for training. Variants:
+    ``dataclasses.replace(preset, train=dataclasses.replace(preset.train, max_steps=10))``.
+    """
 
     name: str
     description: str
-    vocab_size: int = 8000  # one BPE vocabulary shared by German and English
-    d_model: int = 512
-    n_heads: int = 8
-    n_encoder_layers: int = 3
-    n_decoder_layers: int = 3
-    d_ff: int = 2048
-    dropout: float = 0.1
-    max_len: int = 128  # longest sentence (in subwords) the model accepts; longer ones are dropped
+    model: ModelConfig
+    train: TrainConfig
     max_tokens: int = 4096  # padded slots per source (and per target) tensor of a batch
-    train: TrainConfig = field(default_factory=TrainConfig)
     max_train_pairs: int | None = None  # use only the first n training pairs (smoke runs)
     max_val_pairs: int | None = None  # use only the first n validation pairs for the loss
     validate_every_epochs: int = 1  # validation loss and BLEU every n epochs (and at the end)
@@ -73,98 +67,68 @@ class Preset:
     decode_max_len: int = 80  # generated subwords at most (Multi30k's longest English: ~60)
 
     def __post_init__(self) -> None:
-        if self.max_tokens < self.max_len + 1:
+        if self.model.src_vocab_size != self.model.tgt_vocab_size:
             raise ValueError(
-                f"max_tokens={self.max_tokens} must be at least max_len + 1 = {self.max_len + 1} "
-                "so that the longest sentence fits in a batch"
+                f"one BPE vocabulary serves both languages, so the model's vocabulary sizes must "
+                f"agree, got {self.model.src_vocab_size} and {self.model.tgt_vocab_size}"
             )
-        if self.bleu_sentences < 1:
-            raise ValueError(f"bleu_sentences={self.bleu_sentences} must be positive")
-        if self.validate_every_epochs < 1:
-            raise ValueError(f"validate_every_epochs={self.validate_every_epochs} must be positive")
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        """Return the ``ModelConfig`` for a shared vocabulary of ``vocab_size`` ids."""
-        return ModelConfig(
-            src_vocab_size=vocab_size,
-            tgt_vocab_size=vocab_size,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            n_encoder_layers=self.n_encoder_layers,
-            n_decoder_layers=self.n_decoder_layers,
-            d_ff=self.d_ff,
-            dropout=self.dropout,
-            max_len=self.max_len,
-            tie_embeddings=True,
-            fused_attention=True,
+        if self.max_tokens < self.model.max_len + 1:
+            raise ValueError(
+                f"max_tokens={self.max_tokens} must be at least max_len + 1 = "
+                f"{self.model.max_len + 1} so that the longest sentence fits in a batch"
+            )
+        check_positive_int(
+            bleu_sentences=self.bleu_sentences, validate_every_epochs=self.validate_every_epochs
         )
 
-    def replace(self, **changes: Any) -> Preset:
-        """Return a copy with ``changes``; TrainConfig fields go to ``train``."""
-        train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        own = {k: v for k, v in changes.items() if k not in train_fields}
-        train = {k: v for k, v in changes.items() if k in train_fields}
-        return dataclasses.replace(self, **own, train=dataclasses.replace(self.train, **train))
+    @property
+    def vocab_size(self) -> int:
+        """The size of the shared BPE vocabulary the recipe trains."""
+        return self.model.tgt_vocab_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_CPU_COURSE = Preset(
-    name="cpu-course",
-    description="the course checkpoint: 2.5M parameters, about 30 min on 2 CPU cores",
-    vocab_size=6000,
-    d_model=128,
-    n_heads=4,
-    n_encoder_layers=2,
-    n_decoder_layers=2,
-    d_ff=512,
-    dropout=0.1,
-    max_tokens=2000,
-    bleu_sentences=200,
-    train=TrainConfig(
-        lr=2e-3,
-        max_steps=700,
-        warmup_steps=100,
-        schedule="cosine",
-        min_lr_ratio=0.05,
-        label_smoothing=0.1,
-        weight_decay=0.01,
-        clip_norm=1.0,
-        log_every=5,
-        checkpoint_every=50,
-    ),
+_COURSE_TRAIN = TrainConfig(
+    lr=2e-3,
+    max_steps=700,
+    warmup_steps=100,
+    schedule="cosine",
+    min_lr_ratio=0.05,
+    label_smoothing=0.1,
+    weight_decay=0.01,
+    clip_norm=1.0,
+    log_every=5,
+    checkpoint_every=50,
 )
 
 PRESETS: dict[str, Preset] = {
     # The course model's shape on less data, a smaller vocabulary and 60 steps.
-    "cpu-smoke": _CPU_COURSE.replace(
+    "cpu-smoke": Preset(
         name="cpu-smoke",
         description="checks the whole pipeline in about a minute on 2 CPU cores (BLEU near 0)",
-        vocab_size=2000,
+        model=ModelConfig.course(2000, 2000),
+        train=dataclasses.replace(
+            _COURSE_TRAIN, max_steps=60, warmup_steps=20, min_lr_ratio=0.0, checkpoint_every=30
+        ),
         max_tokens=1024,
         max_train_pairs=4000,
         bleu_sentences=50,
         decode_max_len=40,
-        max_steps=60,
-        warmup_steps=20,
-        min_lr_ratio=0.0,
-        checkpoint_every=30,
     ),
-    "cpu-course": _CPU_COURSE,
+    "cpu-course": Preset(
+        name="cpu-course",
+        description="the course checkpoint: 2.5M parameters, about 30 min on 2 CPU cores",
+        model=ModelConfig.course(6000, 6000),
+        train=_COURSE_TRAIN,
+        max_tokens=2000,
+        bleu_sentences=200,
+    ),
     "gpu-base": Preset(
         name="gpu-base",
         description="d_model 512, 6 + 6 layers, 8k shared BPE, bf16 on one GPU: 4.4 min on an H100",
-        vocab_size=8000,
-        d_model=512,
-        n_heads=8,
-        n_encoder_layers=6,
-        n_decoder_layers=6,
-        d_ff=2048,
-        dropout=0.3,  # 29k sentence pairs: a model this size overfits without heavy dropout
-        max_tokens=8192,
-        bleu_sentences=300,
-        validate_every_epochs=5,  # keep the 10-minute budget for training
+        model=ModelConfig.base(8000, 8000),
         train=TrainConfig(
             lr=8e-4,
             max_steps=4000,  # about 60 epochs of ~65 batches
@@ -178,6 +142,9 @@ PRESETS: dict[str, Preset] = {
             checkpoint_every=500,
             precision="bf16",
         ),
+        max_tokens=8192,
+        bleu_sentences=300,
+        validate_every_epochs=5,  # keep the 10-minute budget for training
     ),
 }
 
@@ -224,8 +191,8 @@ def prepare_data(
     if tokenizer is None:
         texts = [de for de, _ in train] + [en for _, en in train]
         tokenizer = train_subword_tokenizer(texts, preset.vocab_size)
-    train_ids = _encode_pairs(tokenizer, train, preset.max_len)
-    val_ids = _encode_pairs(tokenizer, val, preset.max_len)
+    train_ids = _encode_pairs(tokenizer, train, preset.model.max_len)
+    val_ids = _encode_pairs(tokenizer, val, preset.model.max_len)
     seed = preset.train.seed
     return TranslationData(
         tokenizer=tokenizer,
@@ -237,71 +204,14 @@ def prepare_data(
 
 
 def build_model(preset: Preset, vocab_size: int, seed: int = 0) -> Transformer:
-    """Return a freshly initialised model of ``preset`` (seeded, so the same every time)."""
-    seed_everything(seed)
-    return Transformer(preset.model_config(vocab_size))
+    """Return a freshly initialised model of ``preset`` for a vocabulary of ``vocab_size`` ids.
 
-
-def translate_sorted(
-    model: nn.Module,
-    texts: Sequence[str],
-    tokenizer: SubwordTokenizer,
-    max_len: int = 80,
-    batch_size: int = 100,
-    beam_size: int | None = None,
-) -> list[str]:
-    """Translate (greedy, or beam search with ``beam_size``), batching sentences of similar
-    length together; the outputs come back in the input order."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    chunk = [texts[i] for i in order]
-    if beam_size is None:
-        outputs = translate(model, chunk, tokenizer, tokenizer, max_len, batch_size)
-    else:
-        outputs = translate(model, chunk, tokenizer, tokenizer, max_len, batch_size, beam_size)
-    result = [""] * len(texts)
-    for i, text in zip(order, outputs, strict=True):
-        result[i] = text
-    return result
-
-
-def bleu_of(
-    model: nn.Module,
-    pairs: Sequence[tuple[str, str]],
-    tokenizer: SubwordTokenizer,
-    max_len: int = 80,
-    batch_size: int = 100,
-) -> dict[str, Any]:
-    """Translate the German side of ``pairs`` greedily and score it against the English side."""
-    hypotheses = translate_sorted(model, [de for de, _ in pairs], tokenizer, max_len, batch_size)
-    return corpus_bleu(hypotheses, [en for _, en in pairs])
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented json, atomically (temporary file, then rename)."""
-    with atomic_open(path) as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    return Path(path)
-
-
-def _start_distributed(device: torch.device | None) -> tuple[torch.device, bool, bool]:
-    """Join the process group torchrun describes in the environment; pick this rank's device.
-
-    Returns (device, distributed?, whether this call created the process group).
+    ``vocab_size`` is the trained tokenizer's (it may fall short of the preset's). Seeded, so
+    the same every time.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device or pick_device(), False, False
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = pick_device()
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, True, created
+    seed_everything(seed)
+    config = dataclasses.replace(preset.model, src_vocab_size=vocab_size, tgt_vocab_size=vocab_size)
+    return Transformer(config)
 
 
 def train_translation(
@@ -319,78 +229,86 @@ def train_translation(
     """Train ``preset`` into the folder ``out``; return a summary (also written to run.json).
 
     ``out`` receives ``tokenizer.json``, ``checkpoint.pt`` (every ``checkpoint_every`` steps
-    and at the end), ``history.json``, ``curves.png`` and ``run.json``. With ``resume`` a run
-    stopped part-way (killed, or ``max_minutes`` reached) continues from its last checkpoint
-    with the same tokenizer, step, optimizer and schedule. ``stop_after`` ends this call at
-    that step (continue later with ``resume=True``). ``data`` is ``prepare_data``'s result for
-    this preset when the caller has it already (a fresh run only: its tokenizer is saved).
+    and at the end), ``history.json`` and ``run.json``. With ``resume`` a run stopped part-way
+    (killed, or ``max_minutes`` reached) continues from its last checkpoint with the same
+    tokenizer, step, optimizer and schedule. ``stop_after`` ends this call at that step
+    (continue later with ``resume=True``). ``data`` is ``prepare_data``'s result for this
+    preset when the caller has it already (a fresh run only: its tokenizer is saved).
+    Under ``torchrun`` every process trains its share of each batch (DistributedDataParallel).
     """
     out = Path(out)
-    device, distributed, created = _start_distributed(torch.device(device) if device else None)
-    lead = not distributed or dist.get_rank() == 0
-    tokenizer_path = out / "tokenizer.json"
-    if data is None:
-        tokenizer = (
-            SubwordTokenizer.load(tokenizer_path) if resume and tokenizer_path.exists() else None
+    with process_group(torch.device(device) if device else None) as group:
+        data = data or _load_data(preset, out / "tokenizer.json", resume, data_root)
+        if group.lead:
+            data.tokenizer.save(out / "tokenizer.json")
+        model = build_model(preset, data.tokenizer.vocab_size, preset.train.seed).to(group.device)
+        config = dataclasses.replace(preset.train, eval_every=_eval_every(preset, data))
+        history = fit(
+            group.wrap(model),
+            data.train_batches,
+            config,
+            data.val_batches,
+            progress=progress,
+            checkpoint_path=out / "checkpoint.pt",
+            resume=resume,
+            stop_after=stop_after,
+            max_seconds=None if max_minutes is None else 60.0 * max_minutes,
+            on_validate=_bleu_on_validation(preset, data),
+            show_speed=True,
+            extra={"preset": preset.to_dict()},
         )
-        data = prepare_data(preset, data_root, tokenizer)
-    if lead:
-        data.tokenizer.save(tokenizer_path)
-    model = build_model(preset, data.tokenizer.vocab_size, preset.train.seed).to(device)
-    wrapped: nn.Module = model
-    if distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    steps_per_epoch = len(data.train_batches)
-    eval_every = steps_per_epoch * preset.validate_every_epochs
-    config = dataclasses.replace(preset.train, eval_every=eval_every)
+        summary = _summary(preset, group, model, data, history)
+        if group.lead:
+            write_json(out / "history.json", history.to_dict())
+            write_json(out / "run.json", summary)
+    return summary
 
-    def on_validate(inner: nn.Module, step: int) -> dict[str, float]:
-        return {"bleu": bleu_of(inner, data.val_pairs, data.tokenizer, preset.decode_max_len)["bleu"]}  # fmt: skip
 
-    history = fit(
-        wrapped,
-        data.train_batches,
-        config,
-        data.val_batches,
-        progress=progress,
-        checkpoint_path=out / "checkpoint.pt",
-        resume=resume,
-        stop_after=stop_after,
-        max_seconds=None if max_minutes is None else 60.0 * max_minutes,
-        on_validate=on_validate,
-        show_speed=True,
-        extra={"preset": preset.to_dict()},
-    )
-    summary = {
-        "rank": dist.get_rank() if distributed else 0,
+def _load_data(
+    preset: Preset, tokenizer_path: Path, resume: bool, root: str | os.PathLike | None
+) -> TranslationData:
+    """Prepare the data, reusing the run's tokenizer when resuming."""
+    reuse = resume and tokenizer_path.exists()
+    return prepare_data(preset, root, SubwordTokenizer.load(tokenizer_path) if reuse else None)
+
+
+def _eval_every(preset: Preset, data: TranslationData) -> int:
+    return len(data.train_batches) * preset.validate_every_epochs
+
+
+def _bleu_on_validation(
+    preset: Preset, data: TranslationData
+) -> Callable[[nn.Module, int], dict[str, float]]:
+    """Return ``fit``'s ``on_validate``: greedy BLEU on the preset's validation subset."""
+
+    def on_validate(model: nn.Module, step: int) -> dict[str, float]:
+        args = (model, data.tokenizer, data.val_pairs)
+        result = evaluate_translation(*args, max_len=preset.decode_max_len, batch_size=100)
+        return {"bleu": result.bleu.score}
+
+    return on_validate
+
+
+def _summary(
+    preset: Preset, group: Group, model: Transformer, data: TranslationData, history: History
+) -> dict[str, Any]:
+    """Return what a run reports in run.json: its set-up, length, speed and last scores."""
+    return {
+        "rank": group.rank,
         "preset": preset.to_dict(),
-        "device": _device_name(device),
-        "world_size": dist.get_world_size() if distributed else 1,
+        "device": _device_name(group.device),
+        "world_size": group.size,
         "parameters": model.num_parameters(),
         "train_pairs": data.n_train_pairs,
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": len(data.train_batches),
         "steps": history.step[-1] if history.step else 0,
-        "finished": bool(history.step) and history.step[-1] >= config.max_steps,
+        "finished": bool(history.step) and history.step[-1] >= preset.train.max_steps,
         "train_seconds": history.train_seconds,
         "train_tokens": history.train_tokens,
         "tokens_per_second": history.tokens_per_second,
         "val_loss": history.val_loss[-1] if history.val_loss else None,
         "val_bleu_greedy": history.val_metrics.get("bleu", [None])[-1],
     }
-    if lead:
-        write_json(out / "history.json", history.to_dict())
-        try:
-            save_curves(history, out / "curves.png", title=f"Multi30k de-en, {preset.name}")
-        except ModuleNotFoundError as err:  # a bare GPU machine: draw them from history.json
-            if (err.name or "").split(".")[0] != "matplotlib":
-                raise
-            print("matplotlib is not installed: curves.png not drawn; draw it later with "
-                  "tfx_course.translation.save_curves(History.from_dict(<history.json>), ...)")  # fmt: skip
-        write_json(out / "run.json", summary)
-    if created:
-        dist.destroy_process_group()
-    return summary
 
 
 def _device_name(device: torch.device) -> str:
@@ -399,28 +317,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cpu":
         return f"CPU, {torch.get_num_threads()} threads"
     return device.type
-
-
-def save_curves(history: History, path: str | os.PathLike, title: str) -> Path:
-    """Plot training and validation loss (and validation BLEU) against steps into ``path``."""
-    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's figures alone
-
-    fig = Figure(figsize=(9, 3.5))
-    axes = fig.subplots(1, 2)
-    window = max(1, len(history.loss) // 40)  # batches differ in length: average the noise
-    smooth = [sum(history.loss[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(history.loss))]  # fmt: skip
-    axes[0].plot(history.step, history.loss, color="C0", alpha=0.25)
-    axes[0].plot(
-        history.step, smooth, color="C0", label=f"train (label-smoothed, mean of {window})"
-    )
-    axes[0].plot(history.val_step, history.val_loss, "o-", color="C1", label="validation")
-    axes[0].set(title=title, xlabel="step", ylabel="loss per token")
-    axes[0].legend()
-    bleu = history.val_metrics.get("bleu", [])
-    axes[1].plot(history.val_step[: len(bleu)], bleu, "o-")
-    axes[1].set(title="greedy BLEU, validation subset", xlabel="step", ylabel="BLEU")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return path

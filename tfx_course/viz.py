@@ -8,7 +8,9 @@ course's convention: True = may attend.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,6 +20,9 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter
+
+from tfx_course.training import History
+from tfx_course.validation import shape_str
 
 __all__ = [
     "plot_mask",
@@ -29,6 +34,7 @@ __all__ = [
     "plot_positional_encoding",
     "plot_padding",
     "label_log_axis",
+    "save_curves",
 ]
 
 # Light grey for blocked positions, blue for allowed ones.
@@ -49,8 +55,7 @@ def _squeeze_to(x: np.ndarray, dims: int, name: str, expected: str, hint: str) -
     while x.ndim > dims and x.shape[0] == 1:
         x = x[0]
     if x.ndim != dims:
-        shape = "(" + ", ".join(str(n) for n in x.shape) + ")"
-        raise ValueError(f"{name} must have shape {expected}, got {shape}; {hint}")
+        raise ValueError(f"{name} must have shape {expected}, got {shape_str(x.shape)}; {hint}")
     return x
 
 
@@ -254,18 +259,7 @@ def plot_position_changes(
     (the point of an encoder, a leak of the future in a decoder). ``logy`` uses a base-10
     scale, for changes of very different sizes; a change of exactly 0 then draws no bar.
     """
-    if not changes:
-        raise ValueError("changes is empty: pass a dict like {'causal mask': per_position_change}")
-    bars = {}
-    for label, values in changes.items():
-        y = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
-        bars[label] = np.asarray(y, dtype=np.float64)
-    lengths = {label: y.shape for label, y in bars.items()}
-    if any(len(shape) != 1 for shape in lengths.values()) or len(set(lengths.values())) != 1:
-        raise ValueError(
-            f"each entry of changes must be one value per position, all of the same length "
-            f"(T,); got shapes {lengths}; reduce the feature axis first, e.g. .abs().amax(-1)"
-        )
+    bars = _per_position(changes)
     n_positions = next(iter(bars.values())).shape[0]
     bad = [p for p in changed if not 0 <= p < n_positions]
     if bad:
@@ -278,17 +272,7 @@ def plot_position_changes(
     for i, (label, y) in enumerate(bars.items()):
         offset = (i - (len(bars) - 1) / 2) * width
         handles.append(ax.bar(np.arange(n_positions) + offset, y, width, label=label))
-    runs: list[list[int]] = []  # neighbouring positions share one shaded span
-    for p in sorted(set(changed)):
-        if runs and p == runs[-1][1] + 1:
-            runs[-1][1] = p
-        else:
-            runs.append([p, p])
-    for i, (first, last) in enumerate(runs):
-        span = ax.axvspan(first - 0.5, last + 0.5, color="#f2d7a6", alpha=0.6, zorder=0)
-        if i == 0:
-            span.set_label("edited input")
-            handles.append(span)
+    handles += _shade_positions(ax, changed)
     ax.set_xticks(range(n_positions), x_labels if x_labels is not None else range(n_positions))
     ax.set_xlim(-0.5, n_positions - 0.5)
     if logy:
@@ -312,6 +296,40 @@ def label_log_axis(ax: Axes, axis: str = "y") -> None:
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     target.set_major_formatter(plain)
     target.set_minor_formatter(plain if high / max(low, 1e-300) < 30 else NullFormatter())
+
+
+def _per_position(changes: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor]) -> dict:
+    """Return each entry of ``changes`` as a float array, all (T,), or say what to pass."""
+    if not changes:
+        raise ValueError("changes is empty: pass a dict like {'causal mask': per_position_change}")
+    bars = {}
+    for label, values in changes.items():
+        y = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+        bars[label] = np.asarray(y, dtype=np.float64)
+    lengths = {label: y.shape for label, y in bars.items()}
+    if any(len(shape) != 1 for shape in lengths.values()) or len(set(lengths.values())) != 1:
+        raise ValueError(
+            f"each entry of changes must be one value per position, all of the same length "
+            f"(T,); got shapes {lengths}; reduce the feature axis first, e.g. .abs().amax(-1)"
+        )
+    return bars
+
+
+def _shade_positions(ax: Axes, changed: Sequence[int]) -> list:
+    """Shade the edited positions, neighbours in one span; return the legend handle (or none)."""
+    runs: list[list[int]] = []
+    for p in sorted(set(changed)):
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    spans = [
+        ax.axvspan(first - 0.5, last + 0.5, color="#f2d7a6", alpha=0.6, zorder=0)
+        for first, last in runs
+    ]
+    if spans:
+        spans[0].set_label("edited input")
+    return spans[:1]
 
 
 def _series(history: object, name: str) -> np.ndarray:
@@ -464,3 +482,29 @@ def plot_padding(
     ax.set_ylabel("batching")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return ax
+
+
+def save_curves(history: History, path: str | os.PathLike, title: str) -> Path:
+    """Draw a translation run's training and validation loss and validation BLEU into ``path``.
+
+    Draws on its own ``Figure`` (not pyplot's), so a notebook's figures are left alone.
+    """
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
+    window = max(1, len(history.loss) // 40)  # batches differ in length: average the noise
+    smooth = [sum(history.loss[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(history.loss))]  # fmt: skip
+    axes[0].plot(history.step, history.loss, color="C0", alpha=0.25)
+    axes[0].plot(
+        history.step, smooth, color="C0", label=f"train (label-smoothed, mean of {window})"
+    )
+    axes[0].plot(history.val_step, history.val_loss, "o-", color="C1", label="validation")
+    axes[0].set(title=title, xlabel="step", ylabel="loss per token")
+    axes[0].legend()
+    bleu = history.val_metrics.get("bleu", [])
+    axes[1].plot(history.val_step[: len(bleu)], bleu, "o-")
+    axes[1].set(title="greedy BLEU, validation subset", xlabel="step", ylabel="BLEU")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path

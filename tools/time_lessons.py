@@ -25,7 +25,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from tfx_course.data.cache import atomic_write_text
+from tfx_course.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,11 +23,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tfx_course.validation import shape_str
+
 DEFAULT_TIMEOUT = 10.0
 TIMEOUT_ENV = "TFX_COURSE_CHECK_TIMEOUT"  # seconds each call of learner code may take
 RESULTS_ENV = "TFX_COURSE_RESULTS"  # file the grader reads: one JSON object per check
 RAISE_ENV = "TFX_COURSE_RAISE_ON_FAIL"  # "1": a failed check raises (for nbgrader)
 NOT_ATTEMPTED = "not attempted yet"
+
+
+# A verdict line: "PASS [name] message" or "FAIL [name] message", what learners see and what
+# the grader reads back when a kernel did not write the results file.
+VERDICT_LINE = re.compile(r"^(PASS|FAIL) \[([A-Za-z0-9_.\-]+)\] (.*)$", re.MULTILINE)
+
+
+def verdict(passed: bool) -> str:
+    """Return the word a verdict line starts with: PASS or FAIL."""
+    return "PASS" if passed else "FAIL"
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,7 @@ class CheckResult:
     message: str
 
     def __str__(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'} [{self.name}] {self.message}"
+        return f"{verdict(self.passed)} [{self.name}] {self.message}"
 
     def __bool__(self) -> bool:
         return self.passed
@@ -164,12 +177,6 @@ def run_check(name: str, steps: Callable[[], str]) -> CheckResult:
 # --- comparing what came back ---------------------------------------------------------
 
 
-def shape_str(shape: Tensor | Sequence[int]) -> str:
-    """Format a shape as ``(2, 3, 4)``."""
-    dims = shape.shape if isinstance(shape, Tensor) else shape
-    return "(" + ", ".join(str(n) for n in dims) + ")"
-
-
 def close(a: Tensor, b: Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> bool:
     """Return whether two tensors have the same shape and values (compared in float64)."""
     if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape:
@@ -242,6 +249,27 @@ def is_float(x: Any) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
+
+
+def build_module(
+    factory: Callable[..., Any], args: tuple, kwargs: dict, timeout: float | None
+) -> nn.Module:
+    """Build the learner's module with ``factory(*args, **kwargs)``, or ``Fail`` saying why not."""
+    name = getattr(factory, "__name__", "it")
+    shown = ", ".join([*map(str, args), *(f"{k}={v}" for k, v in kwargs.items())])
+    module = call(f"{name}({shown})", factory, *args, timeout=timeout, **kwargs)
+    if not isinstance(module, nn.Module):
+        raise Fail(f"{name}({shown}) gave {type(module).__name__}, not an nn.Module")
+    return module
+
+
+def jitter_norms(ref: nn.Module, seed: int) -> None:
+    """Give every norm of ``ref`` its own weights, so using the wrong one shows in the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.startswith("norm"):
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
 
 
 def load_reference_weights(module: nn.Module, ref: nn.Module, names: str) -> None:

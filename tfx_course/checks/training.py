@@ -1,24 +1,36 @@
-"""Checks for lesson 07: label smoothing, the warmup schedule and greedy decoding.
+"""Checks for training (lessons 07 and 09): label smoothing, clipping by the global gradient
+norm, one AdamW step.
 
-Shapes: B batch, S source length, T target length, L generated length, V vocabulary size.
+Shapes: B batch, T target length, V vocabulary size.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from tfx_course.checks.core import CheckResult, Fail, call, close, is_float, run_check, shape_str
-from tfx_course.decoding import greedy_decode
-from tfx_course.model import ModelConfig, Transformer
-from tfx_course.training import noam_peak_lr, warmup_schedule
+from tfx_course.checks.core import (
+    CheckResult,
+    Fail,
+    call,
+    close,
+    expect_tensor,
+    is_float,
+    run_check,
+)
+from tfx_course.validation import shape_str
 
-__all__ = ["check_label_smoothing", "check_warmup_schedule", "check_greedy_decode"]
+__all__ = [
+    "adamw_reference",
+    "check_label_smoothing",
+    "check_clip_grad_norm",
+    "check_adamw_step",
+]
 
 
 # --- label smoothing ----------------------------------------------------------------
@@ -55,6 +67,18 @@ def _smoothing_variants(logits: Tensor, targets: Tensor, eps: float, pad: int) -
             -(q * logits.softmax(-1)).sum(-1)
         ),
         "used the raw logits: take log_softmax(logits, dim=-1) first": mean(-(q * logits).sum(-1)),
+        "smoothing is applied twice: mix the one-hot target with the uniform distribution "
+        "once, (1 - smoothing) * one_hot + smoothing / V": mean(
+            (1 - eps) ** 2 * nll + (1 - (1 - eps) ** 2) * uniform
+        ),
+        "the pad column is left out of the smoothing: like PyTorch, give every class "
+        "smoothing / V, the pad id included; skip padded positions, not the pad class": mean(
+            (1 - eps) * nll + eps * (-logp.sum(-1) + logp[..., pad]) / (V - 1)
+        ),
+        "the pad column (and the target) are left out of the smoothing: like PyTorch, give "
+        "every class smoothing / V, and the target 1 - smoothing on top": mean(
+            (1 - eps) * nll + eps * (-logp.sum(-1) + logp[..., pad] - nll) / (V - 2)
+        ),
     }
 
 
@@ -116,202 +140,171 @@ def check_label_smoothing(fn: Callable[..., Any], timeout: float | None = None) 
     return run_check("label_smoothing", lambda: _smoothing_steps(fn, timeout))
 
 
-# --- warmup schedule ----------------------------------------------------------------
+# --- clipping by the global norm ------------------------------------------------------
 
 
-def _noam(step: int, d_model: int, warmup: int) -> float:
-    return noam_peak_lr(d_model, warmup) * warmup_schedule("noam", warmup, 10**9)(step - 1)
+def _global_norm(grads: Sequence[Tensor]) -> float:
+    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
 
 
-_SCHEDULE_BUGS: dict[str, Callable[[int, int, int], float]] = {
-    "missing the factor d_model^-0.5": lambda s, d, w: min(s**-0.5, s * w**-1.5),
-    "multiplied by d_model^0.5; the factor is d_model^-0.5": lambda s, d, w: (
-        d**0.5 * min(s**-0.5, s * w**-1.5)
-    ),
-    "the warmup branch is step * warmup^-1.5, so both branches meet at step = warmup": lambda s, d, w: (
-        d**-0.5 * min(s**-0.5, s * w**-0.5)
-    ),
-    "use min, not max: the rate grows linearly during warmup, then decays as 1/sqrt(step)": lambda s, d, w: (
-        d**-0.5 * max(s**-0.5, s * w**-1.5)
-    ),
-    "off by one: steps count from 1, use step as it is": lambda s, d, w: (
-        d**-0.5 * min((s + 1) ** -0.5, (s + 1) * w**-1.5)
-    ),
-}
-
-_STEPS = {(512, 4000): (1, 10, 2000, 3999, 4000, 4001, 8000, 100000), (64, 10): tuple(range(1, 31))}
+def _scaled(grads: Sequence[Tensor], factor: float) -> list[Tensor]:
+    return [g * factor for g in grads]
 
 
-def _schedule_steps(fn: Callable[..., Any], timeout: float | None) -> str:
-    got: dict[tuple[int, int, int], float] = {}
-    for (d, w), steps in _STEPS.items():
-        for s in steps:
-            what = f"warmup_lr(step={s}, d_model={d}, warmup_steps={w})"
-            try:
-                value = call(what, fn, s, d, w, timeout=timeout)
-            except Fail as failure:
-                hint = (
-                    " (steps count from 1: step=1 must work)"
-                    if "ZeroDivision" in str(failure)
-                    else ""
-                )
-                raise Fail(f"{failure}{hint}") from None
-            if isinstance(value, Tensor) and value.numel() == 1:
-                value = value.item()
-            if isinstance(value, int | float) and not is_float(value):
-                raise Fail(f"{what} returned {value}; the learning rate must be a finite number")
-            if not is_float(value):
-                raise Fail(
-                    f"{what} returned a {type(value).__name__}; return one finite number, "
-                    "the learning rate"
-                )
-            got[(s, d, w)] = float(value)
-    expected = {key: _noam(*key) for key in got}
-    if all(math.isclose(got[k], expected[k], rel_tol=1e-6) for k in got):
-        return "d_model^-0.5 * min(step^-0.5, step * warmup^-1.5): linear warmup, peak at warmup, then 1/sqrt"
-    for message, wrong in _SCHEDULE_BUGS.items():
-        if all(math.isclose(got[k], wrong(*k), rel_tol=1e-6) for k in got):
-            raise Fail(message)
-    key = next(k for k in got if not math.isclose(got[k], expected[k], rel_tol=1e-6))
-    raise Fail(
-        f"at step={key[0]} (d_model={key[1]}, warmup_steps={key[2]}) you return {got[key]:.6g}, "
-        f"expected {expected[key]:.6g}"
-    )
+def _clip_variants(grads: list[Tensor], max_norm: float) -> dict[str, Callable[[], list[Tensor]]]:
+    total = _global_norm(grads)
+    norms = [float(g.double().norm()) for g in grads]
+    return {
+        "each tensor was clipped on its own: compute one norm over all gradients together, "
+        "sqrt(sum of every squared entry)": lambda: [
+            g * min(1.0, max_norm / n) if n > 0 else g for g, n in zip(grads, norms, strict=True)
+        ],
+        "gradients below max_norm must stay as they are: scale only when the total norm "
+        "exceeds max_norm (factor min(1, max_norm / norm))": lambda: _scaled(
+            grads, max_norm / total
+        ),
+        "the global norm is sqrt(sum of squares of all entries), not the sum of the tensors' "
+        "norms": lambda: _scaled(grads, min(1.0, max_norm / sum(norms))),
+        "take the square root: the norm is sqrt(sum of squares)": lambda: _scaled(
+            grads, min(1.0, max_norm / total**2)
+        ),
+    }
 
 
-def check_warmup_schedule(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
-    """Check ``fn(step, d_model, warmup_steps) -> lr``, the paper's warmup schedule (step from 1)."""
-    return run_check("warmup_schedule", lambda: _schedule_steps(fn, timeout))
+_CLIP_CASES: list[tuple[str, float]] = [("3-4-5", 1.0), ("3-4-5", 10.0), ("random", 0.5)]
 
 
-# --- greedy decoding ----------------------------------------------------------------
+def _clip_inputs(name: str) -> list[Tensor]:
+    if name == "3-4-5":  # global norm 5: the per-tensor norms are 3 and 4
+        return [torch.tensor([3.0, 0.0]), torch.tensor([[0.0], [4.0]])]
+    gen = torch.Generator().manual_seed(9)
+    return [torch.randn(4, 3, generator=gen), torch.randn(3, generator=gen), torch.randn(2, 2, 2, generator=gen)]  # fmt: skip
 
-PAD, BOS, EOS, CONFUSED = 0, 1, 2, 3
-VOCAB = 12
+
+def _clip_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    for name, max_norm in _CLIP_CASES:
+        grads = _clip_inputs(name)
+        what = f"clip_grad_norm(grads, max_norm={max_norm})"
+        result = call(what, fn, [g.clone() for g in grads], max_norm, timeout=timeout)
+        if not (isinstance(result, tuple | list) and len(result) == 2):
+            raise Fail(f"{what} should return a pair (clipped gradients, total norm), got "
+                       f"{type(result).__name__}")  # fmt: skip
+        clipped, norm = result
+        if not (isinstance(clipped, list | tuple) and len(clipped) == len(grads)):
+            raise Fail(f"{what}: return one clipped tensor per gradient, in a list")
+        clipped = [expect_tensor(c, f"{what}: gradient {i}", shape=g.shape) for i, (c, g) in enumerate(zip(clipped, grads, strict=True))]  # fmt: skip
+        total = _global_norm(grads)
+        expected = _scaled(grads, min(1.0, max_norm / (total + 1e-6)))  # as clip_grad_norm_
+        if not all(close(c, e) for c, e in zip(clipped, expected, strict=True)):
+            for message, variant in _clip_variants(grads, max_norm).items():
+                if all(close(c, v) for c, v in zip(clipped, variant(), strict=True)):
+                    raise Fail(message)
+            raise Fail(f"{what}: the clipped gradients differ from grads * min(1, max_norm / "
+                       f"norm) with norm = {total:.4f}")  # fmt: skip
+        norm = norm.item() if isinstance(norm, Tensor) and norm.numel() == 1 else norm
+        if not is_float(norm):
+            raise Fail(f"{what}: the total norm should be one number, got {type(norm).__name__}")
+        if math.isclose(float(norm), _global_norm(expected), rel_tol=1e-4) and total > max_norm:
+            raise Fail("return the norm before clipping (as torch.nn.utils.clip_grad_norm_ "
+                       "does), not after")  # fmt: skip
+        if not math.isclose(float(norm), total, rel_tol=1e-4):
+            raise Fail(f"{what} returned the norm {float(norm):.4f}, expected {total:.4f}")
+    return "one global norm over all gradients, scaled by min(1, max_norm / norm), norm returned"
 
 
-class _ReversalModel(nn.Module):
-    """A perfect reversal "model": after BOS and a correct prefix it predicts the next token
-    of the reversed source, then EOS. A wrong prefix gets CONFUSED; training mode garbles it.
+def check_clip_grad_norm(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check ``fn(grads, max_norm) -> (clipped, norm)``, clipping by the global gradient norm."""
+    return run_check("clip_grad_norm", lambda: _clip_steps(fn, timeout))
+
+
+# --- one AdamW step -------------------------------------------------------------------
+
+
+def adamw_reference(
+    param: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    v: Tensor,
+    step: int,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    *,
+    decoupled: bool = True,
+    bias_correction: bool = True,
+    eps_inside: bool = False,
+    square: bool = True,
+    first_step: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of AdamW (Loshchilov and Hutter, 2019); the keywords plant the usual mistakes.
+
+    ``step`` counts from 1. Returns the new parameter and the new first and second moments.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))  # greedy_decode reads the device from it
-        self.calls_in_training = 0
-
-    def encode(self, src: Tensor) -> Tensor:
-        return F.one_hot(src, VOCAB).float()  # (B, S, V)
-
-    def decode(self, tgt: Tensor, memory: Tensor, src: Tensor) -> Tensor:
-        B, T = tgt.shape
-        logits = torch.zeros(B, T, VOCAB)
-        for b in range(B):
-            content = src[b][src[b] > CONFUSED].flip(0).tolist() + [EOS]
-            for t in range(T):
-                previous = BOS if t == 0 else content[min(t, len(content)) - 1]
-                wanted = content[min(t, len(content) - 1)] if tgt[b, t] == previous else CONFUSED
-                logits[b, t, wanted] = 5.0
-        if self.training:
-            self.calls_in_training += 1
-            logits = logits.roll(1, dims=-1)  # what dropout might do: a different argmax
-        return logits  # (B, T, V)
+    b1, b2 = betas
+    g = grad if decoupled else grad + weight_decay * param  # L2 penalty: Adam, not AdamW
+    p = param * (1 - lr * weight_decay) if decoupled else param.clone()
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * (g * g if square else g)
+    t = step - 1 + first_step
+    m_hat = m / (1 - b1**t) if bias_correction else m
+    v_hat = v / (1 - b2**t) if bias_correction else v
+    denom = (v_hat + eps).sqrt() if eps_inside else v_hat.sqrt() + eps
+    return p - lr * m_hat / denom, m, v
 
 
-def _greedy_variant(model: _ReversalModel, src: Tensor, max_len: int, bug: str) -> Tensor:
-    memory = model.encode(src)
-    tokens = torch.full((src.shape[0], 1), BOS)
-    finished = torch.zeros(src.shape[0], dtype=torch.bool)
-    for _ in range(max_len):
-        logits = model.decode(tokens, memory, src)  # (B, t, V)
-        nxt = logits[:, 0 if bug == "first_position" else -1].argmax(-1)  # (B,)
-        if bug != "no_pad":
-            nxt = nxt.masked_fill(finished, PAD)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        finished |= nxt == EOS
-        if bool(finished.any() if bug == "any_stop" else finished.all()):
-            break
-    return tokens if bug == "with_bos" else tokens[:, 1:]
-
-
-_GREEDY_BUGS = {
-    "with_bos": "the output starts with BOS: return the generated tokens only (drop column 0)",
-    "first_position": "the next token must come from the last position's logits, logits[:, -1]; "
-    "you used the first position",
-    "no_pad": "after a sequence has produced EOS, fill its later positions with pad_id",
-    "any_stop": "you stopped when the first sequence finished; stop when every sequence has "
-    "produced EOS (finished.all())",
+_ADAMW_BUGS = {
+    "weight decay went into the gradient (Adam with an L2 penalty); AdamW decays the weight "
+    "directly: param * (1 - lr * weight_decay), then the Adam update": {"decoupled": False},
+    "divide m by 1 - beta1**step and v by 1 - beta2**step (bias correction)": {
+        "bias_correction": False
+    },
+    "add eps after the square root: sqrt(v_hat) + eps": {"eps_inside": True},
+    "v is the running mean of the squared gradient: (1 - beta2) * grad * grad": {"square": False},
+    "step counts from 1: the bias correction of the first step is 1 - beta**1": {"first_step": 0},
 }
 
 
-def _trim(tokens: Tensor) -> Tensor:
-    """Drop trailing columns that hold only padding (running on to max_len is allowed)."""
-    while tokens.shape[1] > 0 and bool((tokens[:, -1] == PAD).all()):
-        tokens = tokens[:, :-1]
-    return tokens
+def _same(a: Tensor, b: Tensor) -> bool:
+    return torch.allclose(a.double(), b.double(), atol=1e-5, rtol=1e-4, equal_nan=True)
 
 
-def _decode_with(fn, model: nn.Module, src: Tensor, max_len: int, timeout: float | None) -> Tensor:
-    what = f"greedy_decode(model, src, bos_id={BOS}, eos_id={EOS}, max_len={max_len}, pad_id={PAD})"
-    with torch.no_grad():
-        got = call(what, fn, model, src.clone(), BOS, EOS, max_len, PAD, timeout=timeout)
-    if not isinstance(got, Tensor):
-        raise Fail(f"{what} returned {type(got).__name__}; return a (B, L) tensor of token ids")
-    if got.dtype.is_floating_point or got.dtype == torch.bool:
-        raise Fail(
-            f"the output has dtype {got.dtype}; token ids are integers (argmax gives torch.long)"
-        )
-    if got.dim() != 2 or got.shape[0] != src.shape[0]:
-        raise Fail(f"the output has shape {shape_str(got)}; expected (B, L) = ({src.shape[0]}, L)")
-    if got.shape[1] > max_len + 1 or (
-        got.shape[1] == max_len + 1 and not bool((got[:, 0] == BOS).all())
-    ):
-        raise Fail(
-            f"the output has {got.shape[1]} tokens per sequence; stop after max_len={max_len}"
-        )
-    return got.long()
+def _adamw_case(fn: Callable[..., Any], step: int, seed: int, timeout: float | None) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    param, grad = torch.randn(3, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    fresh = step == 1
+    m = torch.zeros(3, 4) if fresh else 0.1 * torch.randn(3, 4, generator=gen)
+    v = torch.zeros(3, 4) if fresh else 0.01 * torch.rand(3, 4, generator=gen)
+    hyper = {"lr": 0.1, "betas": (0.9, 0.98), "eps": 1e-3, "weight_decay": 0.2}
+    what = f"adamw_step(param, grad, m, v, step={step}, lr=0.1, betas=(0.9, 0.98), eps=0.001, weight_decay=0.2)"  # fmt: skip
+    args = (param.clone(), grad.clone(), m.clone(), v.clone(), step)
+    result = call(what, fn, *args, **hyper, timeout=timeout)
+    if not (isinstance(result, tuple | list) and len(result) == 3):
+        raise Fail(f"{what} should return three tensors (new param, new m, new v), got "
+                   f"{type(result).__name__}")  # fmt: skip
+    names = ("param", "m", "v")
+    got = [expect_tensor(t, f"{what}: {n}", shape=param.shape, finite=False) for t, n in zip(result, names, strict=True)]  # fmt: skip
+    expected = adamw_reference(param, grad, m, v, step, **hyper)
+    if all(close(a, b) for a, b in zip(got, expected, strict=True)):
+        return
+    for message, planted in _ADAMW_BUGS.items():  # some mistakes give NaN: compare those too
+        wrong = adamw_reference(param, grad, m, v, step, **hyper, **planted)
+        if all(_same(a, b) for a, b in zip(got, wrong, strict=True)):
+            raise Fail(message)
+    for t, n in zip(got, names, strict=True):
+        expect_tensor(t, f"{what}: {n}", shape=param.shape)  # NaN or inf: say so
+    names = [
+        n for n, a, b in zip(("param", "m", "v"), got, expected, strict=True) if not close(a, b)
+    ]
+    raise Fail(f"{what}: the new {' and '.join(names)} differ from AdamW's update")
 
 
-def _greedy_steps(fn: Callable[..., Any], timeout: float | None) -> str:
-    model = _ReversalModel()
-    src = torch.tensor(
-        [[BOS, 4, 5, 6, 7, EOS], [BOS, 8, 9, EOS, PAD, PAD], [BOS, 10, EOS, PAD, PAD, PAD]]
-    )
-    model.train()  # the learner's code must switch to eval mode itself
-    got = _decode_with(fn, model, src, 8, timeout)
-    model.eval()
-    expected = greedy_decode(model, src, BOS, EOS, max_len=8, pad_id=PAD)
-    if not torch.equal(_trim(got), _trim(expected)):
-        if model.calls_in_training:
-            raise Fail(
-                "the model ran in training mode (dropout on): call model.eval() before decoding"
-            )
-        for bug, message in _GREEDY_BUGS.items():
-            if torch.equal(_trim(got), _trim(_greedy_variant(model, src, 8, bug))):
-                raise Fail(message)
-        raise Fail(f"for reversal, decoded {got.tolist()}, expected {expected.tolist()}")
-    torch.manual_seed(0)
-    config = ModelConfig(
-        VOCAB,
-        VOCAB,
-        d_model=16,
-        n_heads=4,
-        n_encoder_layers=1,
-        n_decoder_layers=1,
-        d_ff=32,
-        dropout=0.1,
-        max_len=8,
-    )
-    transformer = Transformer(config).eval()
-    got = _decode_with(fn, transformer, src, 5, timeout)
-    expected = greedy_decode(transformer, src, BOS, EOS, max_len=5, pad_id=PAD)
-    if not torch.equal(_trim(got), _trim(expected)):
-        raise Fail(
-            f"with a small Transformer and max_len=5, decoded {got.tolist()}, expected {expected.tolist()}"
-        )
-    return "eval mode, last-position argmax, pad after EOS, stop when all finish or at max_len"
+def _adamw_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    _adamw_case(fn, step=1, seed=1, timeout=timeout)
+    _adamw_case(fn, step=7, seed=2, timeout=timeout)
+    return "decoupled weight decay, both moments, bias correction and eps as torch.optim.AdamW"
 
 
-def check_greedy_decode(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
-    """Check ``fn(model, src, bos_id, eos_id, max_len, pad_id) -> (B, L)`` generated ids."""
-    return run_check("greedy_decode", lambda: _greedy_steps(fn, timeout))
+def check_adamw_step(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check ``fn(param, grad, m, v, step, lr, betas, eps, weight_decay)``, one AdamW step."""
+    return run_check("adamw_step", lambda: _adamw_steps(fn, timeout))

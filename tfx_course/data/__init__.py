@@ -1,17 +1,18 @@
-"""Data for the course: where it is cached and how it is fetched and checked."""
+"""Data for the course: tokenizers, synthetic tasks, Multi30k (download, checksum, cache), batching."""
 
 from tfx_course.data import batching, bpe, bucketing, multi30k, subword, synthetic, tokenizers
 from tfx_course.data.batching import Seq2SeqBatch, make_batch, make_batches, pad_sequences
 from tfx_course.data.bucketing import PaddingStats, make_token_batches, padding_stats, token_batches
-from tfx_course.data.cache import MULTI30K_FILES, data_home, multi30k_status
 from tfx_course.data.multi30k import (
+    MULTI30K_FILES,
     ChecksumError,
     DownloadError,
     MissingDataError,
     Multi30kError,
-    check_multi30k,
+    data_home,
     download_multi30k,
     load_multi30k,
+    multi30k_status,
 )
 from tfx_course.data.subword import SubwordTokenizer, train_subword_tokenizer
 from tfx_course.data.synthetic import TASKS, make_pairs, tokenizer_for
@@ -29,7 +30,6 @@ __all__ += [
     "Multi30kError",
     "PaddingStats",
     "SubwordTokenizer",
-    "check_multi30k",
     "download_multi30k",
     "load_multi30k",
     "make_token_batches",

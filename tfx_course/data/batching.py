@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from tfx_course.data.tokenizers import PAD_ID, Tokenizer
+from tfx_course.validation import check_positive_int
 
 __all__ = ["Seq2SeqBatch", "pad_sequences", "make_batch", "make_batches"]
 
@@ -118,8 +119,7 @@ def make_batches(
     ``shuffle`` mixes the pairs first with its own generator seeded by ``seed``, so the
     batches are the same on every run and the global random state is left alone.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int(batch_size=batch_size)
     order = list(range(len(pairs)))
     if shuffle:
         random.Random(seed).shuffle(order)

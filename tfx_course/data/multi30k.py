@@ -25,22 +25,34 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tfx_course.data.cache import MULTI30K_FILES, atomic_open, data_home
+from tfx_course.files import atomic_open
 
 __all__ = [
+    "MULTI30K_FILES",
     "MULTI30K_URL",
     "SPLITS",
     "Multi30kError",
     "ChecksumError",
     "MissingDataError",
     "DownloadError",
+    "data_home",
     "multi30k_folder",
     "sha256_file",
-    "check_multi30k",
+    "multi30k_status",
     "download_multi30k",
     "load_multi30k",
 ]
 
+# sha256 of each gzipped file of Multi30k task 1 (raw, cased), as published by the
+# multi30k/dataset repository (commit c9be912, "add task1 raw data files").
+MULTI30K_FILES: dict[str, str] = {
+    "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+    "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+    "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+    "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+    "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+    "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+}
 # The commit that added the raw files; a commit URL can never change under us (unlike master).
 MULTI30K_URL = (
     "https://raw.githubusercontent.com/multi30k/dataset/"
@@ -67,6 +79,14 @@ class ChecksumError(Multi30kError):
 
 class DownloadError(Multi30kError):
     """A download failed (offline, server error, interrupted connection)."""
+
+
+def data_home() -> Path:
+    """Return the data folder: ``$TFX_COURSE_DATA`` if set, else ``~/.cache/tfx_course``."""
+    env = os.environ.get("TFX_COURSE_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tfx_course"
 
 
 def multi30k_folder(root: str | os.PathLike | None = None) -> Path:
@@ -125,10 +145,14 @@ def _verify(path: Path, expected: str, base_url: str) -> None:
     )
 
 
-def check_multi30k(
+def multi30k_status(
     root: str | os.PathLike | None = None, checksums: Mapping[str, str] = MULTI30K_FILES
 ) -> dict[str, str]:
-    """Return each file's state, ``"ok"``, ``"missing"`` or ``"corrupt"``, changing nothing."""
+    """Return the state of each expected file, ``"ok"``, ``"missing"`` or ``"corrupt"``.
+
+    Reads every file present and compares its sha256; changes nothing (``download_multi30k``
+    repairs, ``load_multi30k`` refuses what is not ok).
+    """
     folder = multi30k_folder(root)
     states = {}
     for name, expected in checksums.items():
@@ -180,6 +204,24 @@ def download_multi30k(
     ``base_url`` and ``checksums`` (file name -> sha256) exist so tests can serve fake files.
     """
     folder = multi30k_folder(root)
+    todo = _files_to_fetch(folder, checksums, base_url, force)
+    if not todo:
+        return folder
+    _prepare_folder(folder, todo, base_url)
+    for i, name in enumerate(todo):
+        url = base_url + name
+        try:
+            _fetch(url, folder / name, checksums[name], progress, timeout)
+        except (OSError, http.client.HTTPException, DownloadError) as err:  # URLError: OSError
+            raise _download_error(url, err, folder, todo[i:], base_url) from err
+        _verify(folder / name, checksums[name], base_url)
+    return folder
+
+
+def _files_to_fetch(
+    folder: Path, checksums: Mapping[str, str], base_url: str, force: bool
+) -> list[str]:
+    """Return the names to download: missing, corrupt (then removed), or all with ``force``."""
     todo = []
     for name, expected in checksums.items():
         path = folder / name
@@ -192,8 +234,11 @@ def download_multi30k(
                     raise
                 print(f"{name} failed its sha256 check and was removed; downloading it again.")
         todo.append(name)
-    if not todo:
-        return folder
+    return todo
+
+
+def _prepare_folder(folder: Path, todo: list[str], base_url: str) -> None:
+    """Create ``folder`` if needed, or raise ``DownloadError`` saying why files cannot go there."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -204,23 +249,22 @@ def download_multi30k(
             f"{folder} is read-only, so the missing files cannot be saved there: set "
             f"TFX_COURSE_DATA to a writable folder. {_fix_hint(folder, todo, base_url)}"
         )
-    for i, name in enumerate(todo):
-        url = base_url + name
-        try:
-            _fetch(url, folder / name, checksums[name], progress, timeout)
-        except (OSError, http.client.HTTPException, DownloadError) as err:  # URLError: OSError
-            offline = isinstance(err, urllib.error.URLError) and not hasattr(err, "code")
-            why = f"{err}; is this machine offline?" if offline else str(err)
-            missing = [n for n in todo[i:] if not (folder / n).is_file()]
-            message = f"could not download {url} ({why}). "
-            if missing:
-                message += f"Missing from {folder}: {', '.join(missing)}. "
-                message += _fix_hint(folder, missing, base_url)
-            else:  # force=True: the verified copies are still in place
-                message += f"The verified files in {folder} were kept."
-            raise DownloadError(message) from err
-        _verify(folder / name, checksums[name], base_url)
-    return folder
+
+
+def _download_error(
+    url: str, err: Exception, folder: Path, remaining: list[str], base_url: str
+) -> DownloadError:
+    """Say which download failed, why, and what is still missing from ``folder``."""
+    offline = isinstance(err, urllib.error.URLError) and not hasattr(err, "code")
+    why = f"{err}; is this machine offline?" if offline else str(err)
+    missing = [n for n in remaining if not (folder / n).is_file()]
+    message = f"could not download {url} ({why}). "
+    if missing:
+        message += f"Missing from {folder}: {', '.join(missing)}. "
+        message += _fix_hint(folder, missing, base_url)
+    else:  # force=True: the verified copies are still in place
+        message += f"The verified files in {folder} were kept."
+    return DownloadError(message)
 
 
 def _read_lines(path: Path) -> list[str]:

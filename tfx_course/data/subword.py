@@ -27,7 +27,6 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from tfx_course.data.cache import atomic_write_text
 from tfx_course.data.tokenizers import (
     BOS_ID,
     EOS_ID,
@@ -35,6 +34,7 @@ from tfx_course.data.tokenizers import (
     UNK_ID,
     TokenizerBase,
 )
+from tfx_course.files import atomic_write_text
 
 __all__ = ["SubwordTokenizer", "train_subword_tokenizer"]
 

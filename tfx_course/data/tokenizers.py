@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from tfx_course.data.cache import atomic_open
+from tfx_course.files import atomic_open
 
 __all__ = [
     "PAD_ID",
@@ -37,6 +37,12 @@ class Tokenizer(Protocol):
 
     @property
     def vocab_size(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int: ...
 
     def encode(self, text: str, add_special: bool = True) -> list[int]: ...
 

@@ -1,9 +1,9 @@
 """Train the ``gpu-base`` preset on one GPU, score it on Multi30k test2016, record everything.
 
-    PYTHONPATH=. python benchmarks/gpu_run.py                 # one H100: 5 minutes in all
-    PYTHONPATH=. python benchmarks/gpu_run.py --smoke         # the same path on a CPU, seconds
-    PYTHONPATH=. python benchmarks/gpu_run.py --budget-minutes 6   # fit the schedule to 6 min
-    PYTHONPATH=. python benchmarks/gpu_run.py --replot results/gpu_base_history.json
+    PYTHONPATH=. python tools/gpu/gpu_run.py                 # one H100: 5 minutes in all
+    PYTHONPATH=. python tools/gpu/gpu_run.py --smoke         # the same path on a CPU, seconds
+    PYTHONPATH=. python tools/gpu/gpu_run.py --budget-minutes 6   # fit the schedule to 6 min
+    PYTHONPATH=. python tools/gpu/gpu_run.py --replot results/gpu_base_history.json
 
 Writes ``results/gpu_base.json`` (configuration, git commit, device, wall time, tokens/s, model
 FLOPs utilisation, sacreBLEU cased and lower-cased, greedy and beam search) and the curves
@@ -28,6 +28,7 @@ the encoder's parameters see the source tokens, about as many as the target toke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -39,11 +40,14 @@ from pathlib import Path
 
 import torch
 
+from tfx_course.cli import draw_curves
 from tfx_course.data.subword import SubwordTokenizer
 from tfx_course.device import pick_device
+from tfx_course.evaluation import evaluate_translation
+from tfx_course.files import write_json
+from tfx_course.model import ModelConfig
 from tfx_course.pretrained import model_from_training_checkpoint, score_test2016
 from tfx_course.training import (
-    History,
     TrainConfig,
     evaluate,
     make_optimizer,
@@ -53,16 +57,13 @@ from tfx_course.training import (
 from tfx_course.translation import (
     Preset,
     TranslationData,
-    bleu_of,
     build_model,
     get_preset,
     prepare_data,
-    save_curves,
     train_translation,
-    write_json,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Peak dense bf16 tensor FLOP/s (no sparsity), from the vendors' data sheets.
 PEAK_BF16_FLOPS = {
     "H100 SXM": 989e12,
@@ -76,37 +77,37 @@ PEAK_BF16_FLOPS = {
 SMOKE = Preset(
     name="smoke",
     description="the GPU script's path on a CPU in seconds (the BLEU means nothing)",
-    vocab_size=300,
-    d_model=32,
-    n_heads=4,
-    n_encoder_layers=1,
-    n_decoder_layers=1,
-    d_ff=64,
-    max_len=128,
+    model=ModelConfig(
+        300, 300, d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=1, d_ff=64,
+        max_len=128, tie_embeddings=True, fused_attention=True,
+    ),
+    train=TrainConfig(lr=3e-3, max_steps=4, warmup_steps=2, schedule="cosine", log_every=1),
     max_tokens=600,
     max_train_pairs=200,
     max_val_pairs=20,
     bleu_sentences=5,
     decode_max_len=10,
-    train=TrainConfig(lr=3e-3, max_steps=4, warmup_steps=2, schedule="cosine", log_every=1),
-)
+)  # fmt: skip
+
+
+def _gpu_small() -> Preset:
+    base = get_preset("gpu-base")
+    model = dataclasses.replace(
+        base.model, d_model=256, n_heads=4, n_encoder_layers=4, n_decoder_layers=4, d_ff=1024
+    )
+    return dataclasses.replace(
+        base,
+        name="gpu-small",
+        description="d_model 256, 4 + 4 layers, 8k shared BPE, bf16: a candidate beside gpu-base",
+        model=model,
+        train=dataclasses.replace(base.train, lr=1e-3),
+    )
 
 
 # Candidates measured beside gpu-base on the same machine, not (yet) course presets. Published
 # text-only baselines on Multi30k use models far smaller than the base Transformer: with 29,000
 # sentence pairs, a narrower model at the same dropout may translate as well or better.
-CANDIDATES = {
-    "gpu-small": get_preset("gpu-base").replace(
-        name="gpu-small",
-        description="d_model 256, 4 + 4 layers, 8k shared BPE, bf16: a candidate beside gpu-base",
-        d_model=256,
-        n_heads=4,
-        n_encoder_layers=4,
-        n_decoder_layers=4,
-        d_ff=1024,
-        lr=1e-3,
-    ),
-}
+CANDIDATES = {"gpu-small": _gpu_small()}
 
 
 def preset_named(name: str) -> Preset:
@@ -142,6 +143,28 @@ def steps_within(
     return max(1, min(max_steps, math.floor(fit)))
 
 
+def _time_steps(
+    model: torch.nn.Module,
+    preset: Preset,
+    data: TranslationData,
+    device: torch.device,
+    counts: tuple[int, ...],
+) -> list[float]:
+    """Time runs of ``counts`` training steps, each run starting again at the first batch."""
+    optimizer = make_optimizer(model, preset.train)
+    scheduler = make_scheduler(optimizer, preset.train)
+    batches, seconds = data.train_batches, []
+    for steps in counts:  # the warm-up, then batches it has already seen
+        _sync(device)
+        start = time.perf_counter()
+        for i in range(steps):
+            batch = batches[i % len(batches)].to(device)
+            train_step(model, batch, optimizer, scheduler, preset.train, data.tokenizer.pad_id)
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def plan_steps(
     preset: Preset,
     budget_seconds: float,
@@ -165,29 +188,20 @@ def plan_steps(
     training starts.
     """
     model = build_model(preset, data.tokenizer.vocab_size, preset.train.seed).to(device)
-    optimizer = make_optimizer(model, preset.train)
-    scheduler = make_scheduler(optimizer, preset.train)
-    pad_id = data.tokenizer.pad_id
     batches = data.train_batches
     warm = min(len(batches), max_warmup_steps)
-    seconds = []
-    for steps in (warm, timing_steps):  # the warm-up, then batches it has already seen
-        _sync(device)
-        start = time.perf_counter()
-        for i in range(steps):
-            batch = batches[i % len(batches)].to(device)
-            train_step(model, batch, optimizer, scheduler, preset.train, pad_id)
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
+    seconds = _time_steps(model, preset, data, device, (warm, timing_steps))
     per_step = seconds[1] / timing_steps
     one_time = max(0.0, seconds[0] - warm * per_step)
     start = time.perf_counter()
-    evaluate(model, data.val_batches, pad_id)
+    evaluate(model, data.val_batches, data.tokenizer.pad_id)
     # An untrained model decodes to max_len: a validation later in training is shorter.
-    bleu_of(model, data.val_pairs, data.tokenizer, preset.decode_max_len)
+    evaluate_translation(
+        model, data.tokenizer, data.val_pairs, max_len=preset.decode_max_len, batch_size=100
+    )
     _sync(device)
     per_validation = time.perf_counter() - start
-    del model, optimizer, scheduler
+    del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     eval_every = len(batches) * preset.validate_every_epochs
@@ -207,14 +221,12 @@ def plan_steps(
     }
 
 
-def replot(history_path: str | Path) -> Path:
-    """Draw ``<name>_curves.png`` next to a ``<name>_history.json`` written by this script."""
+def replot(history_path: str | Path) -> Path | None:
+    """Draw ``<name>_curves.png`` next to a ``<name>_history.json`` (None without matplotlib)."""
     history_path = Path(history_path)
-    history = History.from_dict(json.loads(history_path.read_text()))
     name = history_path.name.removesuffix("_history.json")
     target = history_path.with_name(f"{name}_curves.png")
-    title = f"Multi30k de-en, {name.replace('_', '-')}"
-    return save_curves(history, target, title=title)
+    return draw_curves(history_path, target, f"Multi30k de-en, {name.replace('_', '-')}")
 
 
 def git_commit() -> str:
@@ -255,6 +267,80 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def plan_or_resume(args: argparse.Namespace, preset: Preset, device: torch.device, run_dir: Path):
+    """Return (preset, plan, data): the schedule fitted to --budget-minutes, or the one a resumed
+    run was planned with (``plan`` None without a budget), and the data prepared for planning."""
+    plan, data = None, None
+    plan_file = run_dir / "plan.json"  # a resumed run keeps the schedule it was planned with
+    if args.resume and plan_file.exists():
+        plan = json.loads(plan_file.read_text())
+    elif args.budget_minutes is not None and not args.resume:
+        data = prepare_data(preset, args.data_root)  # planned on, then trained on
+        plan = plan_steps(preset, 60.0 * args.budget_minutes, device, data)
+        write_json(plan_file, plan)
+    if plan is not None:
+        print(f"plan: {json.dumps(plan)}")
+        planned = {"max_steps": plan["max_steps"], "warmup_steps": plan["warmup_steps"]}
+        preset = dataclasses.replace(preset, train=dataclasses.replace(preset.train, **planned))
+    return preset, plan, data
+
+
+def training_results(
+    preset: Preset, plan: dict | None, summary: dict, device: torch.device
+) -> dict:
+    """Return the results file's content after training (the test2016 scores still None)."""
+    peak_name, peak = peak_flops(summary["device"]) if device.type == "cuda" else (None, None)
+    flops_per_second = 6 * summary["parameters"] * summary["tokens_per_second"]
+    return {
+        "preset": preset.to_dict(),
+        "git_commit": git_commit(),
+        "device": summary["device"],
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "parameters": summary["parameters"],
+        "steps": summary["steps"],
+        "finished_schedule": summary["finished"],
+        "plan": plan,
+        "train_seconds": round(summary["train_seconds"], 1),
+        "wall_seconds_to_trained_model": None,
+        "wall_seconds_total": None,
+        "target_tokens_per_second": round(summary["tokens_per_second"], 1),
+        "model_flops_per_second": flops_per_second,
+        "mfu": flops_per_second / peak if peak else None,
+        "mfu_peak": {"device": peak_name, "bf16_dense_flops": peak},
+        "mfu_formula": "6 * parameters * target tokens/s / peak dense bf16 FLOP/s",
+        "val_loss": summary["val_loss"],
+        "val_bleu_greedy_subset": summary["val_bleu_greedy"],
+        "test2016_greedy": None,
+        "test2016_beam": None,
+    }
+
+
+def score(
+    args: argparse.Namespace,
+    preset: Preset,
+    run_dir: Path,
+    device: torch.device,
+    results: dict,
+    save,
+    started: float,
+) -> None:
+    """Score the trained model on test2016, greedy then beam search, saving after each."""
+    model = model_from_training_checkpoint(run_dir / "checkpoint.pt").to(device)
+    tokenizer = SubwordTokenizer.load(run_dir / "tokenizer.json")
+    common = dict(
+        limit=20 if args.smoke else None, root=args.data_root, max_len=preset.decode_max_len
+    )
+    for key, beam_size in (("test2016_greedy", None), ("test2016_beam", args.beam_size)):
+        scored = time.perf_counter()
+        result = score_test2016(model, tokenizer, beam_size=beam_size, **common)
+        result["seconds"] = round(time.perf_counter() - scored, 1)
+        results[key] = result
+        results["wall_seconds_total"] = round(time.perf_counter() - started, 1)
+        save()
+        print(f"test2016 {key[9:]} BLEU {result['bleu']:.2f} ({result['signature']})")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.replot:
@@ -268,77 +354,26 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.smoke and device.type != "cuda":
         print("warning: no CUDA device; this will be slow (use --smoke to test the path)")
     name = "gpu_base_smoke" if args.smoke else args.preset.replace("-", "_")
-    run_dir = Path(args.run_dir or REPO / "runs" / name)
-    out = Path(args.out)
-    plan, data = None, None
-    plan_file = run_dir / "plan.json"  # a resumed run keeps the schedule it was planned with
-    if args.resume and plan_file.exists():
-        plan = json.loads(plan_file.read_text())
-    elif args.budget_minutes is not None and not args.resume:
-        data = prepare_data(preset, args.data_root)  # planned on, then trained on
-        plan = plan_steps(preset, 60.0 * args.budget_minutes, device, data)
-        write_json(plan_file, plan)
-    if plan is not None:
-        print(f"plan: {json.dumps(plan)}")
-        preset = preset.replace(max_steps=plan["max_steps"], warmup_steps=plan["warmup_steps"])
+    run_dir, out = Path(args.run_dir or REPO / "runs" / name), Path(args.out)
+    preset, plan, data = plan_or_resume(args, preset, device, run_dir)
     max_minutes = args.max_minutes
     if args.budget_minutes is not None:  # a safety net only: the plan should end sooner
         max_minutes = min(max_minutes, 1.25 * args.budget_minutes)
     summary = train_translation(
-        preset,
-        run_dir,
-        resume=args.resume,
-        max_minutes=max_minutes,
-        device=device,
-        data_root=args.data_root,
-        progress=not args.smoke,
-        data=data,
-    )
-    train_wall = time.perf_counter() - started
-    device_name = summary["device"]
-    peak_name, peak = peak_flops(device_name) if device.type == "cuda" else (None, None)
-    flops_per_second = 6 * summary["parameters"] * summary["tokens_per_second"]
-    results = {
-        "preset": preset.to_dict(),
-        "git_commit": git_commit(),
-        "device": device_name,
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "parameters": summary["parameters"],
-        "steps": summary["steps"],
-        "finished_schedule": summary["finished"],
-        "plan": plan,
-        "train_seconds": round(summary["train_seconds"], 1),
-        "wall_seconds_to_trained_model": round(train_wall, 1),
-        "wall_seconds_total": None,
-        "target_tokens_per_second": round(summary["tokens_per_second"], 1),
-        "model_flops_per_second": flops_per_second,
-        "mfu": flops_per_second / peak if peak else None,
-        "mfu_peak": {"device": peak_name, "bf16_dense_flops": peak},
-        "mfu_formula": "6 * parameters * target tokens/s / peak dense bf16 FLOP/s",
-        "val_loss": summary["val_loss"],
-        "val_bleu_greedy_subset": summary["val_bleu_greedy"],
-        "test2016_greedy": None,
-        "test2016_beam": None,
-    }
-    # Written now and again after each score: a run cut off while scoring keeps its training.
-    write_json(out / f"{name}.json", results)
-    shutil.copyfile(run_dir / "history.json", out / f"{name}_history.json")
-    if (run_dir / "curves.png").exists():  # absent without matplotlib: --replot draws it
-        shutil.copyfile(run_dir / "curves.png", out / f"{name}_curves.png")
-    print(json.dumps({k: results[k] for k in ("device", "steps", "train_seconds", "mfu")}))
-    model = model_from_training_checkpoint(run_dir / "checkpoint.pt").to(device)
-    tokenizer = SubwordTokenizer.load(run_dir / "tokenizer.json")
-    limit = 20 if args.smoke else None
-    common = dict(limit=limit, root=args.data_root, max_len=preset.decode_max_len)
-    for key, beam_size in (("test2016_greedy", None), ("test2016_beam", args.beam_size)):
-        scored = time.perf_counter()
-        score = score_test2016(model, tokenizer, beam_size=beam_size, **common)
-        score["seconds"] = round(time.perf_counter() - scored, 1)
-        results[key] = score
-        results["wall_seconds_total"] = round(time.perf_counter() - started, 1)
+        preset, run_dir, resume=args.resume, max_minutes=max_minutes, device=device,
+        data_root=args.data_root, progress=not args.smoke, data=data,
+    )  # fmt: skip
+    results = training_results(preset, plan, summary, device)
+    results["wall_seconds_to_trained_model"] = round(time.perf_counter() - started, 1)
+
+    def save() -> None:  # now and after each score: a run cut off while scoring keeps its training
         write_json(out / f"{name}.json", results)
-        print(f"test2016 {key[9:]} BLEU {score['bleu']:.2f} ({score['signature']})")
+
+    save()
+    shutil.copyfile(run_dir / "history.json", out / f"{name}_history.json")
+    replot(out / f"{name}_history.json")  # without matplotlib: later, with --replot
+    print(json.dumps({k: results[k] for k in ("device", "steps", "train_seconds", "mfu")}))
+    score(args, preset, run_dir, device, results, save, started)
     return results
 
 

@@ -1,4 +1,5 @@
-"""DistributedDataParallel: two CPU processes (gloo) train like one process on the same batches.
+"""Tests for tfx_course.distributed: sharding, and two CPU processes (gloo) under
+DistributedDataParallel training like one process on the same batches.
 
 Each process takes every other row of each global batch (``shard_batch``); ``train_step``
 divides the loss by the global token count, so the averaged gradient is the one-process
@@ -20,8 +21,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from tfx_course.data.batching import make_batches
+from tfx_course.data.batching import Seq2SeqBatch, make_batches
 from tfx_course.data.synthetic import make_pairs, tokenizer_for
+from tfx_course.distributed import Group, process_group, shard_batch, world
 from tfx_course.model import ModelConfig, Transformer
 from tfx_course.repro import seed_everything
 from tfx_course.training import TrainConfig, fit
@@ -84,3 +86,21 @@ def test_two_processes_match_one_on_the_same_global_batches(tmp_path):
         assert torch.allclose(ddp["state"][name], tensor, atol=WEIGHT_ATOL, rtol=0), name
         compared += 1
     assert compared > 20
+
+
+def test_shard_batch_splits_rows_between_processes():
+    src = torch.arange(10).reshape(5, 2)
+    batch = Seq2SeqBatch(src, src + 10, src + 20)
+    shards = [shard_batch(batch, r, 2) for r in range(2)]
+    assert shards[0].src.tolist() == [[0, 1], [4, 5], [8, 9]]
+    assert shards[1].tgt_out.tolist() == [[22, 23], [26, 27]]
+    with pytest.raises(ValueError, match="5 rows cannot be shared by 6 processes"):
+        shard_batch(batch, 0, 6)
+
+
+def test_outside_torchrun_the_group_is_one_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with process_group(torch.device("cpu")) as group:
+        assert group == Group(torch.device("cpu"), 0, 1) and group.lead
+        model = nn.Linear(2, 2)
+        assert group.wrap(model) is model and world() == (0, 1)

@@ -1,4 +1,4 @@
-"""Checks for lesson 02: splitting and merging heads, and multi-head attention.
+"""Checks for lesson 02 (multi-head attention): splitting and merging heads, and the module.
 
 Shapes: B batch, H heads, T queries, S keys, C = d_model, D = d_head = C // H.
 """
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tfx_course.attention import (
     MultiHeadAttention,
     causal_mask,
+    mask_scores,
     merge_heads,
     padding_mask,
     split_heads,
@@ -22,6 +23,7 @@ from tfx_course.attention import (
 from tfx_course.checks.core import (
     CheckResult,
     Fail,
+    build_module,
     call,
     close,
     diagnose,
@@ -30,10 +32,14 @@ from tfx_course.checks.core import (
     load_reference_weights,
     max_gap,
     run_check,
-    shape_str,
 )
+from tfx_course.validation import shape_str
 
-__all__ = ["check_split_heads", "check_merge_heads", "check_multi_head_attention"]
+__all__ = [
+    "check_split_heads",
+    "check_merge_heads",
+    "check_multi_head_attention",
+]
 
 
 # --- split and merge ----------------------------------------------------------------
@@ -49,12 +55,20 @@ def _split_case(fn: Callable[..., Any], x: Tensor, H: int, timeout: float | None
             f"the result has shape {shape_str(got)} = (B, T, H, D): transpose axes 1 and 2 "
             "to get (B, H, T, D), so each head sees all positions"
         )
+    if got.shape == (B, H, D, T):
+        raise Fail(
+            f"the result has shape {shape_str(got)} = (B, H, D, T): the wrong axes moved; after "
+            "view(B, T, H, D) swap only the positions and the heads, transpose(1, 2)"
+        )
     expect_tensor(got, f"for x {shape_str(x)} and n_heads={H}, the result", shape=(B, H, T, D))
     if close(got, x.view(B, T, H, D).transpose(1, 2), atol=0):  # (B, H, T, D)
         return
     mistakes = {
         "reshaped straight to (B, H, T, D), which mixes positions and heads: view as "
         "(B, T, H, D) first, then transpose(1, 2)": lambda: x.reshape(B, H, T, D),
+        "transposed before splitting: x.transpose(1, 2) puts the features before the "
+        "positions, so the reshape mixes them; view as (B, T, H, D) first, then "
+        "transpose(1, 2)": lambda: x.transpose(1, 2).reshape(B, H, T, D),
         "features split as (D, H) instead of (H, D): each head takes a contiguous block "
         "of d_head features, view(B, T, H, D)": lambda: x.view(B, T, D, H).permute(0, 3, 1, 2),
     }
@@ -88,6 +102,14 @@ def _merge_case(fn: Callable[..., Any], x: Tensor, timeout: float | None) -> Non
         "before reshaping to (B, T, C)": lambda: x.reshape(B, T, H * D),
         "features interleaved as (D, H): concatenate the heads, so merge (B, T, H, D) "
         "into (B, T, H * D)": lambda: x.permute(0, 2, 3, 1).reshape(B, T, H * D),
+        "reshaped before transposing: reshape only after transpose(1, 2) has put the "
+        "positions next to the batch axis, (B, T, H, D)": lambda: x.reshape(B, H * D, T).transpose(
+            1, 2
+        ),
+        "transposed the wrong axes: transpose(2, 3) swaps positions and features; "
+        "transpose(1, 2) moves the heads behind the positions": lambda: x.transpose(2, 3).reshape(
+            B, T, H * D
+        ),
     }
     diagnose(got, mistakes, atol=0)
     raise Fail("the heads are merged wrongly: it must undo split_heads exactly")
@@ -112,79 +134,105 @@ def _mha_reference(ref: MultiHeadAttention, query, key, value, mask, bug: str = 
     """The reference forward pass, or the same with one common mistake planted."""
     B, T, C = query.shape
     H, D = ref.n_heads, ref.d_head
-    if bug == "kv_from_query":
-        key = value = query
+    key, value = {
+        "kv_from_query": (query, query),
+        "kv_swapped": (value, key),
+        "value_from_key": (key, key),
+        "key_from_value": (value, value),
+    }.get(bug, (key, value))
     q, k, v = ref.q_proj(query), ref.k_proj(key), ref.v_proj(value)
     if bug == "split_order":
         q, k, v = (t.reshape(B, H, t.shape[1], D) for t in (q, k, v))  # (B, H, T, D), wrongly
+    elif bug == "split_transpose_first":
+        q, k, v = (t.transpose(1, 2).reshape(B, H, t.shape[1], D) for t in (q, k, v))  # wrongly
     else:
         q, k, v = (split_heads(t, H) for t in (q, k, v))  # (B, H, T, D)
     scale = {"no_scale": 1.0, "scale_d_model": 1 / math.sqrt(C)}.get(bug, 1 / math.sqrt(D))
     scores = q @ k.transpose(-2, -1) * scale  # (B, H, T, S)
     if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores = mask_scores(scores, mask)
     x = scores.softmax(dim=-1) @ v  # (B, H, T, D)
-    x = x.reshape(B, T, C) if bug == "merge_order" else merge_heads(x)  # (B, T, C)
+    if bug == "merge_order":
+        x = x.reshape(B, T, C)  # (B, T, C), wrongly
+    elif bug == "merge_reshape_first":
+        x = x.reshape(B, C, T).transpose(1, 2)  # (B, T, C), wrongly
+    else:
+        x = merge_heads(x)  # (B, T, C)
     return x if bug == "no_out_proj" else ref.out_proj(x)
 
 
 _MHA_BUGS = {
     "split_order": "heads split in the wrong order: view as (B, T, H, D), then transpose(1, 2) "
     "to (B, H, T, D); reshaping straight to (B, H, T, D) mixes positions and heads",
+    "split_transpose_first": "heads split in the wrong order: transposing (B, T, C) before "
+    "the reshape mixes positions and features; view as (B, T, H, D), then transpose(1, 2)",
     "merge_order": "heads merged in the wrong order: transpose(1, 2) back to (B, T, H, D) "
     "before reshaping to (B, T, C)",
+    "merge_reshape_first": "heads merged in the wrong order: reshaping (B, H, T, D) before the "
+    "transpose mixes heads and positions; transpose(1, 2) first, then reshape to (B, T, C)",
     "no_out_proj": "output projection missing: pass the merged heads through out_proj",
     "no_scale": "missing 1/sqrt(d_head) scaling of the scores",
     "scale_d_model": "scaled by sqrt(d_model) instead of sqrt(d_head): each head's "
     "dot products have d_head terms",
     "kv_from_query": "keys and values must be projected from `key` and `value`, not `query`",
+    "kv_swapped": "key and value swapped: k_proj projects `key`, v_proj projects `value`",
+    "value_from_key": "the values come from `key`: v_proj must project `value`",
+    "key_from_value": "the keys come from `value`: k_proj must project `key`",
 }
 
+_MHA_D_MODEL, _MHA_HEADS = 16, 4
 
-def _mha_steps(factory: Callable[..., Any], timeout: float | None) -> str:
-    d_model, n_heads = 16, 4
-    name = getattr(factory, "__name__", "it")
-    module = call(f"{name}(16, 4)", factory, d_model, n_heads, timeout=timeout)
-    if not isinstance(module, nn.Module):
-        raise Fail(f"{name}(d_model, n_heads) gave {type(module).__name__}, not an nn.Module")
+
+def _build_mha(factory: Callable[..., Any], timeout: float | None) -> tuple[nn.Module, nn.Module]:
+    """Build the learner's module and the reference, and copy the reference's weights in."""
+    module = build_module(factory, (_MHA_D_MODEL, _MHA_HEADS), {}, timeout)
     torch.manual_seed(0)
-    ref = MultiHeadAttention(d_model, n_heads).eval()
+    ref = MultiHeadAttention(_MHA_D_MODEL, _MHA_HEADS).eval()
     if not any("out_proj" in name for name, _ in module.named_parameters()):
         raise Fail(
             "your module has no out_proj: multi-head attention ends with an output projection "
             "nn.Linear(d_model, d_model) named out_proj"
         )
     load_reference_weights(module, ref, "q_proj, k_proj, v_proj, out_proj")
-    module.eval()
-    gen = torch.Generator().manual_seed(1)
-    query, memory = (
-        torch.randn(2, 4, d_model, generator=gen),
-        torch.randn(2, 6, d_model, generator=gen),
+    return module.eval(), ref
+
+
+def _compare_cross(module, ref, query: Tensor, key: Tensor, value: Tensor, timeout) -> None:
+    """Attend from ``query`` to a different ``key`` and ``value``; name the bug if it differs."""
+    got = call("forward(query, key, value)", module, query, key, value, timeout=timeout)
+    out, weights = expect_pair(got, "forward")
+    expected = _mha_reference(ref, query, key, value, None)
+    expect_tensor(out, "out", shape=expected.shape)
+    B, T, S = query.shape[0], query.shape[1], key.shape[1]
+    if weights.shape == (B, _MHA_HEADS, T, T):
+        raise Fail(
+            f"weights have shape (B, H, T, T) although key has S={S} positions: keys and values "
+            "must be projected from `key` and `value`, not `query`"
+        )
+    expect_tensor(weights, "weights, (B, H, T, S),", shape=(B, _MHA_HEADS, T, S))
+    if close(out, expected):
+        return
+    for bug, message in _MHA_BUGS.items():
+        if close(out, _mha_reference(ref, query, key, value, None, bug)):
+            raise Fail(message)
+    raise Fail(
+        f"output differs from the reference by up to {max_gap(out, expected):.3g} "
+        "with copied weights"
     )
+
+
+def _mha_steps(factory: Callable[..., Any], timeout: float | None) -> str:
+    module, ref = _build_mha(factory, timeout)
+    gen = torch.Generator().manual_seed(1)
+    query = torch.randn(2, 4, _MHA_D_MODEL, generator=gen)
+    key, value = (torch.randn(2, 6, _MHA_D_MODEL, generator=gen) for _ in range(2))
     with torch.no_grad():
-        got = call("forward(query, key, value)", module, query, memory, memory, timeout=timeout)
-        out, weights = expect_pair(got, "forward")
-        expected = _mha_reference(ref, query, memory, memory, None)
-        expect_tensor(out, "out", shape=expected.shape)
-        if weights.shape == (2, n_heads, 4, 4):
-            raise Fail(
-                "weights have shape (B, H, T, T) although key has S=6 positions: keys and values "
-                "must be projected from `key` and `value`, not `query`"
-            )
-        expect_tensor(weights, "weights, (B, H, T, S),", shape=(2, n_heads, 4, 6))
-        if not close(out, expected):
-            for bug, message in _MHA_BUGS.items():
-                if close(out, _mha_reference(ref, query, memory, memory, None, bug)):
-                    raise Fail(message)
-            raise Fail(
-                f"output differs from the reference by up to {max_gap(out, expected):.3g} "
-                "with copied weights"
-            )
+        _compare_cross(module, ref, query, key, value, timeout)  # key != value: no swap hides
         keep = torch.tensor([[True] * 4, [True, True, False, False]])
         mask = padding_mask(keep) & causal_mask(4)
         got = call("forward with a mask", module, query, query, query, mask=mask, timeout=timeout)
         out_m, weights_m = expect_pair(got, "forward with a mask")
-        if weights_m.shape == (2, n_heads, 4, 4) and (weights_m * ~mask).abs().max() > 0:
+        if weights_m.shape == (2, _MHA_HEADS, 4, 4) and (weights_m * ~mask).abs().max() > 0:
             raise Fail(
                 "with a mask, blocked positions get non-zero weight: pass the mask on to the "
                 "attention (True = may attend)"

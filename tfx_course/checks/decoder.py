@@ -1,8 +1,7 @@
-"""Checks for lessons 05-06: the feed-forward block, the encoder layer, the decoder's mask and layer.
+"""Checks for lesson 06 (the decoder): the target mask and the decoder layer.
 
-Shapes: B batch, T target length, S source length, C = d_model, H heads.
-The learner's modules are built with the library's parameter names, so the check copies
-the reference weights in and compares outputs, then names the mistake the output matches.
+Shapes: B batch, T target length, S source length, C = d_model, H heads. As for the
+encoder, the reference weights are copied into the learner's layer.
 """
 
 from __future__ import annotations
@@ -11,170 +10,36 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from tfx_course.attention import causal_mask, padding_mask
+from tfx_course.attention import (
+    causal_mask,
+    padding_mask,
+)
 from tfx_course.checks.core import (
     CheckResult,
     Fail,
+    build_module,
     call,
     close,
     diagnose,
     expect_tensor,
+    jitter_norms,
     load_reference_weights,
     max_gap,
     run_check,
 )
-from tfx_course.layers import DecoderLayer, EncoderLayer, FeedForward
+from tfx_course.layers import (
+    DecoderLayer,
+)
 from tfx_course.model import target_mask
 
 __all__ = [
-    "check_feed_forward",
-    "check_encoder_layer",
     "check_target_mask",
     "check_decoder_layer",
 ]
 
 D_MODEL, N_HEADS, D_FF = 16, 4, 32
-
-
-def _build(
-    factory: Callable[..., Any], args: tuple, kwargs: dict, timeout: float | None
-) -> nn.Module:
-    name = getattr(factory, "__name__", "it")
-    shown = ", ".join([*map(str, args), *(f"{k}={v}" for k, v in kwargs.items())])
-    module = call(f"{name}({shown})", factory, *args, timeout=timeout, **kwargs)
-    if not isinstance(module, nn.Module):
-        raise Fail(f"{name}({shown}) gave {type(module).__name__}, not an nn.Module")
-    return module
-
-
-def _jitter_norms(ref: nn.Module, seed: int) -> None:
-    """Give every norm its own weights, so using the wrong one shows in the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if name.startswith("norm"):
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
-
-
-# --- feed-forward -------------------------------------------------------------------
-
-
-def _ff_steps(factory: Callable[..., Any], timeout: float | None) -> str:
-    module = _build(factory, (D_MODEL, D_FF), {}, timeout)
-    torch.manual_seed(0)
-    ref = FeedForward(D_MODEL, D_FF).eval()
-    load_reference_weights(module, ref, "linear1, linear2")
-    module.eval()
-    x = torch.randn(2, 5, D_MODEL, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        got = call("forward(x)", module, x.clone(), timeout=timeout)
-        got = expect_tensor(got, "the output", dtype=x.dtype, shape=x.shape)
-        l1, l2 = ref.linear1, ref.linear2
-        expected = l2(F.relu(l1(x)))
-        if close(got, expected):
-            return (
-                "linear2(relu(linear1(x))) at every position, parity with the library's FeedForward"
-            )
-        mistakes = {
-            "the activation is missing: linear2(relu(linear1(x)))": lambda: l2(l1(x)),
-            "ReLU after the second layer too: the block ends with linear2, so its output "
-            "can be negative": lambda: F.relu(l2(F.relu(l1(x)))),
-            "the ReLU is applied after linear2 instead of between the layers": lambda: F.relu(
-                l2(l1(x))
-            ),
-            "GELU instead of ReLU: the paper's block uses ReLU": lambda: l2(F.gelu(l1(x))),
-            "the block adds its input: return linear2(...) only, the layer around it adds the "
-            "residual": lambda: x + l2(F.relu(l1(x))),
-        }
-        diagnose(got, mistakes)
-    raise Fail(
-        f"the output differs from linear2(relu(linear1(x))) by up to {max_gap(got, expected):.3g}"
-    )
-
-
-def check_feed_forward(factory: Callable[..., Any], timeout: float | None = None) -> CheckResult:
-    """Check a feed-forward class built as ``factory(d_model, d_ff)`` with ``linear1``, ``linear2``."""
-    return run_check("feed_forward", lambda: _ff_steps(factory, timeout))
-
-
-# --- encoder layer ------------------------------------------------------------------
-
-
-def _encoder_variant(ref: EncoderLayer, x: Tensor, mask: Tensor, pre: bool, bug: str) -> Tensor:
-    """The reference forward pass (bug="") or the same with one common mistake planted."""
-    attn_mask = None if bug == "no_mask" else mask
-    norm2 = ref.norm1 if bug == "norm1_twice" else ref.norm2
-    if bug == "other_mode":
-        pre = not pre
-    if pre:
-        h = ref.norm1(x)
-        kv = x if bug == "raw_kv" else h
-        a = ref.self_attn(h, kv, kv, attn_mask)[0]
-        x = a if bug == "no_attn_residual" else x + a
-        f = ref.ff(norm2(x))
-        return f if bug == "no_ff_residual" else x + f
-    a = ref.self_attn(x, x, x, attn_mask)[0]
-    x = ref.norm1(a if bug == "no_attn_residual" else x + a)
-    f = ref.ff(x)
-    return norm2(f if bug == "no_ff_residual" else x + f)
-
-
-def _encoder_bugs(pre: bool) -> dict[str, str]:
-    mode = "norm_first=True (Pre-LN)" if pre else "norm_first=False (Post-LN)"
-    wanted = "x + f(norm(x))" if pre else "norm(x + f(x))"
-    return {
-        "other_mode": f"with {mode} each sublayer must compute {wanted}; yours computes the other form",
-        "no_mask": "the mask is not passed to self-attention, so padded positions get attention",
-        "no_attn_residual": f"with {mode}, the residual around self-attention is missing",
-        "no_ff_residual": f"with {mode}, the residual around the feed-forward block is missing",
-        "norm1_twice": "norm1 is used twice: norm1 goes with self-attention, norm2 with the "
-        "feed-forward block",
-        "raw_kv": "keys and values come from the raw x; in Pre-LN the query, key and value "
-        "are all norm1(x)",
-    }
-
-
-def _encoder_case(factory: Callable[..., Any], pre: bool, timeout: float | None) -> None:
-    module = _build(factory, (D_MODEL, N_HEADS, D_FF), {"norm_first": pre}, timeout)
-    torch.manual_seed(0)
-    ref = EncoderLayer(D_MODEL, N_HEADS, D_FF, norm_first=pre).eval()
-    _jitter_norms(ref, seed=1)
-    load_reference_weights(module, ref, "self_attn, ff, norm1, norm2")
-    module.eval()
-    gen = torch.Generator().manual_seed(2)
-    x = 2 * torch.randn(2, 5, D_MODEL, generator=gen)
-    mask = padding_mask(torch.tensor([[True] * 5, [True, True, True, False, False]]))
-    with torch.no_grad():
-        got = call(
-            f"forward(x, mask) with norm_first={pre}", module, x.clone(), mask, timeout=timeout
-        )
-        got = expect_tensor(got, "the output", dtype=x.dtype, shape=x.shape)
-        expected = ref(x, mask)
-        if close(got, expected):
-            return
-        mistakes = {
-            msg: (lambda bug=bug: _encoder_variant(ref, x, mask, pre, bug))
-            for bug, msg in _encoder_bugs(pre).items()
-        }
-        diagnose(got, mistakes)
-    raise Fail(
-        f"with norm_first={pre} the output differs from the library's EncoderLayer by up to "
-        f"{max_gap(got, expected):.3g}"
-    )
-
-
-def _encoder_steps(factory: Callable[..., Any], timeout: float | None) -> str:
-    for pre in (True, False):
-        _encoder_case(factory, pre, timeout)
-    return "Pre-LN and Post-LN wiring, residuals, norms and the padding mask match the library's EncoderLayer"
-
-
-def check_encoder_layer(factory: Callable[..., Any], timeout: float | None = None) -> CheckResult:
-    """Check an encoder layer built as ``factory(d_model, n_heads, d_ff, norm_first=...)``."""
-    return run_check("encoder_layer", lambda: _encoder_steps(factory, timeout))
 
 
 # --- the decoder's self-attention mask ----------------------------------------------
@@ -243,15 +108,17 @@ def _decoder_variant(ref: DecoderLayer, x, memory, self_mask, memory_mask, bug: 
         x = ref.norm1(x + a)
         x = ref.norm2(x + ref.cross_attn(x, memory, memory, memory_mask)[0])
         return ref.norm3(x + ref.ff(x))
+    skips = {"self_residual_twice": (2, 1, 1), "cross_residual_twice": (1, 2, 1)}.get(bug)
+    skips = skips or {"ff_residual_twice": (1, 1, 2), "no_cross_residual": (1, 0, 1)}.get(bug, (1, 1, 1))  # fmt: skip
     h = ref.norm1(x)
-    x = x + ref.self_attn(h, h, h, None if bug == "no_self_mask" else self_mask)[0]
+    x = skips[0] * x + ref.self_attn(h, h, h, None if bug == "no_self_mask" else self_mask)[0]
     h = ref.norm2(x)
     kv = {"cross_from_x": h, "normed_memory": ref.norm2(memory)}.get(bug, memory)
     c = ref.cross_attn(
         h, kv, kv, None if bug in ("no_memory_mask", "cross_from_x") else memory_mask
     )[0]
-    x = c if bug == "no_cross_residual" else x + c
-    return x + ref.ff((ref.norm2 if bug == "norm2_for_ff" else ref.norm3)(x))
+    x = skips[1] * x + c
+    return skips[2] * x + ref.ff((ref.norm2 if bug == "norm2_for_ff" else ref.norm3)(x))
 
 
 _DECODER_BUGS = {
@@ -264,6 +131,12 @@ _DECODER_BUGS = {
     "normed_memory": "the memory is normalised; pass the encoder's output as it is, only the "
     "query norm2(x) is normalised",
     "no_cross_residual": "the residual around cross-attention is missing",
+    "self_residual_twice": "the residual around self-attention is added twice: x + f(norm(x)) "
+    "adds x once",
+    "cross_residual_twice": "the residual around cross-attention is added twice: x + f(norm(x)) "
+    "adds x once",
+    "ff_residual_twice": "the residual around the feed-forward block is added twice: "
+    "x + f(norm(x)) adds x once",
     "norm2_for_ff": "norm2 is used for the feed-forward block; norm1, norm2, norm3 go with "
     "self-attention, cross-attention and feed-forward, in that order",
     "post_ln": "this is Post-LN, norm(x + f(x)); this layer is Pre-LN: x + f(norm(x))",
@@ -296,10 +169,10 @@ def _decoder_compare(module, ref, args: tuple, what: str, timeout: float | None)
 
 
 def _decoder_steps(factory: Callable[..., Any], timeout: float | None) -> str:
-    module = _build(factory, (D_MODEL, N_HEADS, D_FF), {}, timeout)
+    module = build_module(factory, (D_MODEL, N_HEADS, D_FF), {}, timeout)
     torch.manual_seed(0)
     ref = DecoderLayer(D_MODEL, N_HEADS, D_FF, norm_first=True).eval()
-    _jitter_norms(ref, seed=1)
+    jitter_norms(ref, seed=1)
     load_reference_weights(module, ref, "self_attn, cross_attn, ff, norm1, norm2, norm3")
     module.eval()
     x, memory, self_mask, memory_mask = _decoder_inputs()

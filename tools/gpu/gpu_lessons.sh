@@ -2,7 +2,7 @@
 # Time every lesson and exercise solution on a GPU machine without network: the GPU column of
 # the instructors' timetable (docs/instructors.md).
 #
-#   bash benchmarks/gpu_lessons.sh [OUT] [NOTEBOOK ...]   (default: every lesson and solution)
+#   bash tools/gpu/gpu_lessons.sh [OUT] [NOTEBOOK ...]   (default: every lesson and solution)
 #
 # Needs python with torch, tokenizers, sacrebleu and matplotlib. The notebook tools (nbclient,
 # nbformat, ipykernel and what they need) are installed from wheels in $WHEELS (default .whl,

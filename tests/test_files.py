@@ -1,10 +1,10 @@
-"""Tests for tfx_course.data.cache's atomic writes."""
+"""Tests for tfx_course.files: atomic writes and JSON."""
 
 from __future__ import annotations
 
 import pytest
 
-from tfx_course.data.cache import atomic_open, atomic_write_text
+from tfx_course.files import atomic_open, atomic_write_text, write_json
 
 
 def test_atomic_write_text_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -31,3 +31,9 @@ def test_atomic_open_refuses_modes_that_do_not_write_a_whole_file(tmp_path):
     with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"):
         with atomic_open(tmp_path / "a.txt", "a"):
             pass
+
+
+def test_write_json_writes_indented_utf8_with_a_final_newline(tmp_path):
+    path = write_json(tmp_path / "deep" / "r.json", {"bleu": 24.5, "text": "Mädchen"})
+    assert path.read_text(encoding="utf-8") == '{\n  "bleu": 24.5,\n  "text": "Mädchen"\n}\n'
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]

@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfx_course.grading import ExerciseResult, NotebookReport
+from tfx_course.checks.core import verdict
+from tfx_course.grading.run import ExerciseResult, NotebookReport
 
 __all__ = ["rows", "format_table", "summary", "write_junit", "write_csv", "write_markdown"]
 
@@ -21,8 +22,13 @@ def rows(reports: Sequence[NotebookReport]) -> list[ExerciseResult]:
 
 
 def _cells(result: ExerciseResult) -> tuple[str, ...]:
-    verdict = "PASS" if result.passed else "FAIL"
-    return (result.student, result.notebook, result.exercise, verdict, result.message)
+    return (
+        result.student,
+        result.notebook,
+        result.exercise,
+        verdict(result.passed),
+        result.message,
+    )
 
 
 def format_table(reports: Sequence[NotebookReport]) -> str:
@@ -91,7 +97,7 @@ def write_markdown(reports: Sequence[NotebookReport], path: Path | str) -> None:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for r in rows(reports):
         cells = [c.replace("|", "\\|") for c in _cells(r)]
-        cells[3] = ":white_check_mark: PASS" if r.passed else ":x: FAIL"
+        cells[3] = (":white_check_mark: " if r.passed else ":x: ") + verdict(r.passed)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", summary(reports), ""]
     Path(path).write_text("\n".join(lines), encoding="utf-8")

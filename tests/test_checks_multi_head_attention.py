@@ -1,4 +1,5 @@
-"""Lesson 02's checks: planted bugs are named, other correct implementations pass."""
+"""Lesson 02's checks (multi-head attention): planted bugs are named,
+other correct implementations pass."""
 
 from __future__ import annotations
 
@@ -65,9 +66,14 @@ class _Attention(nn.Module):
         H, D = self.n_heads, self.d_head
         if self.bug == "kv_from_query":
             key = value = query
+        key, value = {"kv_swapped": (value, key), "value_from_key": (key, key)}.get(
+            self.bug, (key, value)
+        )
         q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
         if self.bug == "split_order":
             q, k, v = (t.reshape(B, H, t.shape[1], D) for t in (q, k, v))
+        elif self.bug == "split_transpose_first":
+            q, k, v = (t.transpose(1, 2).reshape(B, H, t.shape[1], D) for t in (q, k, v))
         else:
             q, k, v = (A.split_heads(t, H) for t in (q, k, v))
         scale = math.sqrt(C) if self.bug == "scale_d_model" else math.sqrt(D)
@@ -76,7 +82,10 @@ class _Attention(nn.Module):
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         weights = scores.softmax(-1)
         x = weights @ v
-        x = x.reshape(B, T, C) if self.bug == "merge_order" else A.merge_heads(x)
+        if self.bug == "merge_reshape_first":
+            x = x.reshape(B, C, T).transpose(1, 2)
+        else:
+            x = x.reshape(B, T, C) if self.bug == "merge_order" else A.merge_heads(x)
         out = x if self.bug == "no_out_proj" else self.out_proj(x)
         return out if self.bug == "out_only" else (out, weights)
 
@@ -113,8 +122,30 @@ class _EinsumAttention(_Attention):
         return self.out_proj(x), weights
 
 
+def _split_transpose_first(x, n_heads):
+    B, T, C = x.shape
+    return x.transpose(1, 2).reshape(B, n_heads, T, C // n_heads)
+
+
+def _split_last_two(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads).permute(0, 2, 3, 1)
+
+
+def _merge_reshape_first(x):
+    B, H, T, D = x.shape
+    return x.reshape(B, H * D, T).transpose(1, 2)
+
+
+def _merge_transpose_23(x):
+    B, H, T, D = x.shape
+    return x.transpose(2, 3).reshape(B, T, H * D)
+
+
 BUGS = {
     "split_heads": [
+        (_split_transpose_first, "transposed before splitting"),
+        (_split_last_two, "= (B, H, D, T): the wrong axes moved"),
         (_split_no_transpose, "transpose axes 1 and 2"),
         (_split_straight, "reshaped straight to (B, H, T, D)"),
         (_split_d_h, "features split as (D, H)"),
@@ -122,12 +153,18 @@ BUGS = {
         (lambda x, n: _split_straight(x, n).numpy(), "should be a torch.Tensor"),
     ],
     "merge_heads": [
+        (_merge_reshape_first, "reshaped before transposing"),
+        (_merge_transpose_23, "transposed the wrong axes"),
         (_merge_straight, "without moving the head axis back"),
         (_merge_view, "use .reshape(...) or .contiguous().view(...)"),
         (_merge_d_h, "features interleaved as (D, H)"),
         (lambda x: x.transpose(1, 2), "expected (2, 5, 12)"),
     ],
     "multi_head_attention": [
+        (_bugged("kv_swapped"), "key and value swapped"),
+        (_bugged("value_from_key"), "the values come from `key`"),
+        (_bugged("split_transpose_first"), "transposing (B, T, C) before the reshape"),
+        (_bugged("merge_reshape_first"), "reshaping (B, H, T, D) before the transpose"),
         (_bugged("split_order"), "heads split in the wrong order"),
         (_bugged("merge_order"), "heads merged in the wrong order"),
         (_bugged("no_out_proj"), "output projection missing"),
@@ -161,10 +198,3 @@ CHECKS = {
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS
 )
-
-
-def test_every_exercise_has_three_bugs_and_an_alternative():
-    from tfx_course.exercises import LESSONS
-
-    for name in LESSONS["02"]:
-        assert len(BUGS[name]) >= 3 and len(ALTERNATIVES[name]) >= 1, name

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -25,14 +24,20 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat import NotebookNode
 
-from tfx_course.checks.core import NOT_ATTEMPTED, RAISE_ENV, RESULTS_ENV, TIMEOUT_ENV
-from tfx_course.exercises import LESSONS, exercise_cells, lesson_of
+from tfx_course.checks.core import (
+    NOT_ATTEMPTED,
+    RAISE_ENV,
+    RESULTS_ENV,
+    TIMEOUT_ENV,
+    VERDICT_LINE,
+    verdict,
+)
+from tfx_course.grading.exercises import LESSONS, exercise_cells, lesson_of
 
 __all__ = ["ExerciseResult", "NotebookReport", "find_notebooks", "grade", "grade_notebook"]
 
 DEFAULT_KERNEL = "python3"  # jupyter_client starts it with the running interpreter
 SETUP_TIMEOUT = 120.0  # seconds the first code cell (the imports) may always take
-_LINE = re.compile(r"^(PASS|FAIL) \[([A-Za-z0-9_.\-]+)\] (.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,10 @@ def _printed_results(nb: NotebookNode) -> list[dict]:
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream" and output.get("name") == "stdout":
-                for verdict, name, message in _LINE.findall(output.get("text", "")):
-                    found.append({"name": name, "passed": verdict == "PASS", "message": message})
+                for word, name, message in VERDICT_LINE.findall(output.get("text", "")):
+                    found.append(
+                        {"name": name, "passed": word == verdict(True), "message": message}
+                    )
     return found
 
 
@@ -127,8 +134,8 @@ def _collect(report: NotebookReport, nb: NotebookNode, verdicts: list[dict]) -> 
     lesson = lesson_of(report.path, nb)
     expected = list(LESSONS.get(lesson or "", ())) or list(exercise_cells(nb, "check"))
     latest = {}
-    for verdict in verdicts:  # a check run twice counts with its last verdict
-        latest[str(verdict.get("name"))] = verdict
+    for found in verdicts:  # a check run twice counts with its last verdict
+        latest[str(found.get("name"))] = found
     names = expected + [name for name in latest if name not in expected]
     for name in names:
         if name in latest:

@@ -1,4 +1,5 @@
-"""Lesson 01's checks: planted bugs are named, other correct implementations pass."""
+"""Lesson 01's checks (self-attention): planted bugs are named,
+other correct implementations pass."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ BUGS = {
         (lambda n: torch.ones(1, 1, n, n, dtype=torch.bool).tril(), "expected (5, 5)"),
     ],
     "masked_softmax": [
+        (
+            lambda s, m: (s if m is None else s.masked_fill(m, float("-inf"))).softmax(-1),
+            "mask inverted",
+        ),
         (lambda s, m: _masked(s, m).softmax(dim=-2), "wrong axis"),
         (lambda s, m: (s if m is None else s.masked_fill(m, MIN)).softmax(-1), "mask inverted"),
         (lambda s, m: s.softmax(-1) * (1 if m is None else m), "masked after the softmax"),
@@ -59,6 +64,17 @@ BUGS = {
         (lambda s, m: _masked(s, m).softmax(dim=3), "use dim=-1"),
     ],
     "attention": [
+        (
+            lambda q, k, v, mask=None: _attend(
+                (
+                    _scores(q, k)
+                    if mask is None
+                    else _scores(q, k).masked_fill(mask, float("-inf"))
+                ).softmax(-1),
+                v,
+            ),
+            "mask inverted",
+        ),
         (lambda q, k, v, mask=None: _no_scale_attention(q, k, v, mask), "missing 1/sqrt(d_k)"),
         (
             lambda q, k, v, mask=None: _attend(_masked(_scores(q, k), mask).softmax(-2), v),
@@ -168,10 +184,3 @@ def test_library_reference_passes():
     assert checks.check_causal_mask(A.causal_mask).passed
     assert checks.check_padding_mask(lambda t, p: A.padding_mask(t != p)).passed
     assert checks.check_masked_softmax(lambda s, m: A.mask_scores(s, m).softmax(-1)).passed
-
-
-def test_every_exercise_has_three_bugs_and_an_alternative():
-    from tfx_course.exercises import LESSONS
-
-    for name in LESSONS["01"]:
-        assert len(BUGS[name]) >= 3 and len(ALTERNATIVES[name]) >= 1, name

@@ -1,4 +1,5 @@
-"""Checks for lesson 01: attention scores, masks, softmax and scaled dot-product attention.
+"""Checks for lesson 01 (self-attention): attention scores, masks, softmax and scaled
+dot-product attention.
 
 Shapes: B batch, H heads, T queries, S keys, D = d_k.
 """
@@ -13,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tfx_course.attention import causal_mask, padding_mask
+from tfx_course.attention import (
+    causal_mask,
+    mask_scores,
+    padding_mask,
+)
 from tfx_course.checks.core import (
     CheckResult,
     Fail,
@@ -24,8 +29,8 @@ from tfx_course.checks.core import (
     expect_tensor,
     max_gap,
     run_check,
-    shape_str,
 )
+from tfx_course.validation import shape_str
 
 __all__ = [
     "check_attention_scores",
@@ -34,10 +39,6 @@ __all__ = [
     "check_masked_softmax",
     "check_attention",
 ]
-
-
-def _fill(scores: Tensor, mask: Tensor) -> Tensor:
-    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
 
 
 # --- attention scores ------------------------------------------------------------------
@@ -175,21 +176,43 @@ def check_causal_mask(fn: Callable[..., Any], timeout: float | None = None) -> C
 # --- masked softmax -----------------------------------------------------------------
 
 
+_INVERTED = (
+    "mask inverted: True means 'may attend'; fill the scores where the mask is False: "
+    "scores.masked_fill(~mask, ...)"
+)
+
+
+def _inverted_with_inf(weights: Any, scores: Tensor, mask: Tensor | None) -> None:
+    """Name an inverted mask before blaming -inf: with -inf, an inverted mask gives NaN rows.
+
+    The last row of a causal mask allows every key; inverted, it blocks them all, and a row
+    of -inf scores has no softmax. The NaN is the symptom, the inverted mask the bug.
+    """
+    if mask is None or not isinstance(weights, Tensor) or weights.shape != scores.shape:
+        return
+    if not weights.dtype.is_floating_point or torch.isfinite(weights).all():
+        return
+    inverted = scores.masked_fill(mask, float("-inf")).softmax(-1)
+    both = weights.detach().double(), inverted.double()
+    if torch.allclose(*both, atol=1e-5, rtol=1e-4, equal_nan=True):
+        raise Fail(_INVERTED)
+
+
 def _check_weights(got: Any, scores: Tensor, mask: Tensor | None, what: str) -> Tensor:
+    _inverted_with_inf(got, scores, mask)
     got = expect_tensor(got, what, dtype=scores.dtype)
     expect_tensor(got, what, shape=scores.shape)
-    expected = scores.softmax(-1) if mask is None else _fill(scores, mask).softmax(-1)
+    expected = scores.softmax(-1) if mask is None else mask_scores(scores, mask).softmax(-1)
     if close(got, expected):
         return got
-    filled = scores if mask is None else _fill(scores, mask)
+    filled = scores if mask is None else mask_scores(scores, mask)
     mistakes = {
         "softmax over the wrong axis: each query's weights (a row) must sum to 1; use "
         "softmax(dim=-1), over the keys": lambda: filled.softmax(-2),
     }
     if mask is not None:
         mistakes |= {
-            "mask inverted: True means 'may attend'; fill the scores where the mask is "
-            "False: scores.masked_fill(~mask, ...)": lambda: _fill(scores, ~mask).softmax(-1),
+            _INVERTED: lambda: mask_scores(scores, ~mask).softmax(-1),
             "masked after the softmax, so rows no longer sum to 1: fill the blocked scores "
             "before the softmax": lambda: scores.softmax(-1) * mask,
             "blocked scores filled with 0, which still gets weight: fill them with "
@@ -245,7 +268,7 @@ def check_masked_softmax(fn: Callable[..., Any], timeout: float | None = None) -
 
 def _softmax_attention(q: Tensor, k: Tensor, scale: float, mask: Tensor | None) -> Tensor:
     scores = q @ k.transpose(-2, -1) * scale  # (..., T, S)
-    return (scores if mask is None else _fill(scores, mask)).softmax(dim=-1)
+    return (scores if mask is None else mask_scores(scores, mask)).softmax(dim=-1)
 
 
 def _diagnose_weights(weights: Tensor, q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -299,7 +322,7 @@ def _diagnose_masked(
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     mistakes = {
         "mask inverted: True means 'may attend'; fill the scores where the mask is False "
-        "(scores.masked_fill(~mask, ...))": lambda: _fill(scores, ~mask).softmax(-1),
+        "(scores.masked_fill(~mask, ...))": lambda: mask_scores(scores, ~mask).softmax(-1),
         "with a mask, rows no longer sum to 1: you masked after the softmax; fill the "
         "blocked scores before it": lambda: scores.softmax(-1) * mask,
         "the mask is ignored: fill the scores where the mask is False with "
@@ -339,6 +362,8 @@ def _attention_steps(fn: Callable[..., Any], timeout: float | None) -> str:
         mask=mask,
         timeout=timeout,
     )
+    if isinstance(got, tuple | list) and len(got) == 2:
+        _inverted_with_inf(got[1], q5 @ k.transpose(-2, -1) / math.sqrt(q5.shape[-1]), mask)
     out_m, weights_m = expect_pair(got, "with a mask, it")
     expect_tensor(weights_m, "with a mask, the weights", shape=(2, 3, 5, 5))
     _diagnose_masked(weights_m, out_m, q5, k, v, mask)

@@ -1,4 +1,4 @@
-"""The ``tfx-course grade``, ``check`` and ``exercises build`` commands."""
+"""The ``tfx-course grade``, ``check`` and ``exercises`` commands."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from tfx_course.grading import DEFAULT_KERNEL, NotebookReport
+from tfx_course.grading.run import DEFAULT_KERNEL, NotebookReport
 
 EXPECT = ("pass", "not-attempted")
 
@@ -40,14 +40,14 @@ def _unexpected(reports: list[NotebookReport], expect: str) -> list[str]:
 
 
 def _report(reports: list[NotebookReport], args: argparse.Namespace, seconds: float) -> int:
-    from tfx_course import grade_report
+    from tfx_course.grading import report
 
-    print(grade_report.format_table(reports))
-    print(f"\n{grade_report.summary(reports)} in {seconds:.1f} s")
+    print(report.format_table(reports))
+    print(f"\n{report.summary(reports)} in {seconds:.1f} s")
     for option, write in (
-        ("junit", grade_report.write_junit),
-        ("csv", grade_report.write_csv),
-        ("markdown", grade_report.write_markdown),
+        ("junit", report.write_junit),
+        ("csv", report.write_csv),
+        ("markdown", report.write_markdown),
     ):
         if getattr(args, option, None):
             write(reports, getattr(args, option))
@@ -58,7 +58,7 @@ def _report(reports: list[NotebookReport], args: argparse.Namespace, seconds: fl
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from tfx_course.grading import grade
+    from tfx_course.grading.run import grade
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -87,7 +87,7 @@ def _find_exercise(lesson: str, folder: Path) -> Path | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from tfx_course.grading import grade_notebook
+    from tfx_course.grading.run import grade_notebook
 
     if not args.lesson.isdigit():
         print(f"error: give a lesson number such as 01, got {args.lesson!r}", file=sys.stderr)
@@ -115,7 +115,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from tfx_course.exercises import ExerciseError, build
+    from tfx_course.grading.exercises import ExerciseError, build
 
     try:
         results = build(Path(args.solutions), Path(args.out), check=args.check)
@@ -133,7 +133,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _nbgrader(args: argparse.Namespace) -> int:
-    from tfx_course.exercises import ExerciseError, nbgrader_course
+    from tfx_course.grading.exercises import ExerciseError, nbgrader_course
 
     dest = Path(args.dest)
     had_config = (dest / "nbgrader_config.py").exists()

@@ -1,7 +1,12 @@
-"""Where the course keeps its data, which Multi30k files it expects there, and safe writes."""
+"""Writing files safely: atomic writes and JSON.
+
+An atomic write goes to a temporary file beside its target and is renamed over it once
+complete, so a crash or Ctrl-C leaves the old file or the new one, never half of one.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -9,31 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-# sha256 of each gzipped file of Multi30k task 1 (raw, cased), as published by the
-# multi30k/dataset repository (commit c9be912, "add task1 raw data files").
-MULTI30K_FILES: dict[str, str] = {
-    "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
-    "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
-    "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
-    "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
-    "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
-    "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
-}
-
-
-def data_home() -> Path:
-    """Return the data folder: ``$TFX_COURSE_DATA`` if set, else ``~/.cache/tfx_course``."""
-    env = os.environ.get("TFX_COURSE_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tfx_course"
-
-
-def multi30k_status() -> tuple[Path, list[str]]:
-    """Return the Multi30k folder and the names of the expected files missing from it."""
-    folder = data_home() / "multi30k"
-    missing = [name for name in MULTI30K_FILES if not (folder / name).is_file()]
-    return folder, missing
+__all__ = ["atomic_open", "atomic_write_text", "write_json"]
 
 
 @contextmanager
@@ -67,4 +48,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (utf-8) to ``path`` atomically and return the path."""
     with atomic_open(path, "w") as f:
         f.write(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON (utf-8, a final newline) atomically and return the path."""
+    with atomic_open(path) as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
     return Path(path)

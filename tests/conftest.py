@@ -7,8 +7,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from tfx_course.data.cache import data_home
-from tfx_course.data.multi30k import Multi30kError, download_multi30k
+from tfx_course.data.multi30k import Multi30kError, data_home, download_multi30k
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -363,3 +363,18 @@ def test_every_lesson_ends_with_its_links_and_they_are_current(load_script):
             assert f"]({order[index + 1].name})" in text, f"{path.name}: no link to the next"
         if (ROOT / "exercises" / path.name).exists():
             assert f"](../exercises/{path.name})" in text, f"{path.name}: no link to its exercise"
+
+
+def test_every_lesson_ends_with_questions_that_make_the_learner_predict():
+    # Before its links: 3 to 5 numbered questions, each with its answer folded in <details>,
+    # at least one asking to predict an output before running it.
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        text = "".join(cells[-2]["source"])
+        assert text.startswith("## Check your understanding"), f"{path.name}: no questions"
+        questions = re.findall(r"^\d+\. ", text, re.M)
+        answers = re.findall(
+            r"<details><summary>Answer</summary>\n\n(.+?)\n\s*</details>", text, re.S
+        )
+        assert 3 <= len(questions) <= 5 and len(answers) == len(questions), path.name
+        assert re.search(r"^\d+\. \*\*Predict\.\*\*", text, re.M), f"{path.name}: no prediction"

@@ -22,7 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 
-from tfx_course.data.cache import atomic_write_text
+from tfx_course.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "notebooks" / "figures"

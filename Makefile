@@ -5,7 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
-TORCH_PIN := $(shell grep -E '^torch==' $(LOCK))
+# Which torch build `make setup` installs: auto (the CPU build on Linux without an NVIDIA GPU),
+# cpu, or default (the package index's build); see tools/install_torch.py.
+TORCH_BUILD ?= auto
+# `make setup OFFLINE=FOLDER` installs from a folder that `make offline-bundle` filled, with no
+# network (see README, "No network in the room").
+OFFLINE ?=
+PIP_OFFLINE := $(if $(OFFLINE),--no-index --find-links $(abspath $(OFFLINE))/wheels,)
 KERNEL := tfx-course
 NBGRADER_SERVER := formgrader validate_assignment assignment_list course_list
 # The JupyterLab plugin that asks "get notified about official Jupyter news?" at first start.
@@ -36,9 +42,11 @@ help:
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on Linux.
-	set -o pipefail; $(PIP) "$(TORCH_PIN)" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
-	set -o pipefail; $(PIP) -e ".[dev]" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	@# torch first, pinned, and on Linux without an NVIDIA GPU the CPU build (PyTorch's CPU
+	@# index, else the default one): PyPI's Linux wheel pulls several GB of CUDA libraries.
+	set -o pipefail; $(BIN)/python tools/install_torch.py --build $(TORCH_BUILD) $(PIP_OFFLINE) 2>&1 \
+		| { grep -v "$(PIP_NOISE)" || true; }
+	set -o pipefail; $(PIP) -e ".[dev]" -c $(LOCK) $(PIP_OFFLINE) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	$(BIN)/python -c "import torch, tfx_course, nbval, jupyterlab"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (tfx_course)" >/dev/null
 	@# nbgrader is an instructors' tool (docs/instructors.md): keep its menus out of learners' lab.

@@ -14,7 +14,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from tfx_course import doctor
 
     report = doctor.run(verbose=True)
-    return 1 if (args.strict and report.problems) else 0
+    return 1 if report.blocking or (args.strict and report.problems) else 0
 
 
 def _data_download(args: argparse.Namespace) -> int:
@@ -174,8 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfx-course", description="Helpers for the tfx_course Transformer course."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("doctor", help="check Python, torch, the device and the course data")
-    p.add_argument("--strict", action="store_true", help="exit with 1 if any problem is found")
+    p = sub.add_parser(
+        "doctor",
+        help="check Python, torch, JupyterLab, the kernel, the course checkpoint, disk space, "
+        "the device and the course data (exit 1 if the course cannot run)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="exit with 1 on any problem, the data's too"
+    )
     p.set_defaults(func=_doctor)
     _add_data_commands(sub)
     _add_train_command(sub)

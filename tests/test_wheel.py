@@ -1,4 +1,5 @@
-"""The package works installed from a wheel, away from the repository: it ships its course model."""
+"""The package works installed from a wheel, away from the repository: it ships its course model
+and the student notebooks."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ package = Path(tfx_course.__file__).resolve().parent
 assert package.parent == site, package  # the installed copy, not the repository's
 assert course_checkpoint_dir().resolve().parent == package
 assert not any(Path(p or ".").resolve() in (repo, repo / "tfx_course") for p in sys.path), sys.path
+# A fresh exercise notebook comes from the package, with no solutions folder anywhere near.
+from tfx_course.grading.classroom import reset_exercise
+
+fresh, _ = reset_exercise("01", Path.cwd())
+assert fresh.read_bytes() == (package / "student_notebooks" / fresh.name).read_bytes()
 model, tokenizer = load_course_model()
 print(translate(model, [sys.argv[3]], tokenizer, tokenizer, max_len=80)[0])
 """
@@ -83,3 +89,5 @@ def test_a_wheel_installed_outside_the_repository_loads_the_course_model_and_tra
     expected = translate(model, [SENTENCE], tokenizer, tokenizer, max_len=80)[0]
     assert done.stdout.strip() == expected and len(expected.split()) >= 4
     assert (site / "tfx_course" / "course_checkpoint" / "model.pt").is_file()
+    assert len(list((site / "tfx_course" / "student_notebooks").glob("[0-9][0-9]_*.ipynb"))) == 10
+    assert (tmp_path / "01_self_attention.ipynb").is_file()  # written by the reset above

@@ -31,7 +31,8 @@ BOOK_STAMP := $(VENV)/.book-installed
 MATHJAX_STAMP := book/node_modules/.installed
 BOOK_OUT := build/book
 
-.PHONY: setup lab test lint unit nbval nbval-other-cpu grade notebooks book test-book lock check-lock clean help
+.PHONY: setup lab test lint unit nbval nbval-other-cpu grade notebooks book test-book lock check-lock clean help \
+	offline-bundle offline-install offline-folder
 
 help:
 	@echo "make lab        set up .venv and open the course in JupyterLab"
@@ -62,6 +63,19 @@ $(LAB_QUIET): $(STAMP)
 	touch $(LAB_QUIET)
 
 setup: $(STAMP) $(LAB_QUIET)
+
+# No network in the room (README): fill a folder to carry on a USB stick, then install from it.
+offline-bundle: setup
+	@test -n "$(DEST)" || { echo "make offline-bundle DEST=FOLDER: name a new folder to fill" >&2; exit 1; }
+	$(BIN)/python tools/offline.py fill "$(DEST)"
+
+# `make setup` with pip's --no-index and the folder's wheels (OFFLINE sets PIP_OFFLINE), then the data.
+offline-install: offline-folder setup
+	$(BIN)/python tools/offline.py install-data "$(OFFLINE)"
+
+offline-folder:
+	@test -d "$(OFFLINE)/wheels" || { echo "make offline-install OFFLINE=FOLDER: FOLDER must be the \
+	folder that make offline-bundle filled (it holds wheels/ and data/)" >&2; exit 1; }
 
 lab: setup
 	@# Opens at the repository root (lessons in notebooks/, practice in exercises/), on lesson 00.

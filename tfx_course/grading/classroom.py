@@ -25,6 +25,7 @@ __all__ = [
     "read_lessons",
     "parse_lessons",
     "make_template",
+    "course_files",
 ]
 
 LESSONS_FILE = Path("exercises") / "LESSONS_REACHED"  # in a course checkout or a fork
@@ -102,7 +103,7 @@ def parse_lessons(text: str, source: str = "the lessons") -> list[str]:
     return sorted(set(lessons))
 
 
-def _course_files(root: Path) -> list[Path]:
+def course_files(root: Path) -> list[Path]:
     """Return the course's files under ``root``: git's list in a clone, else a walk."""
     try:
         done = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True)
@@ -123,7 +124,7 @@ def make_template(root: Path, dest: Path, lessons: list[str] | None = None) -> l
     if dest.exists() and any(dest.iterdir()):
         raise ExerciseError(f"{dest} exists and is not empty: give a new folder")
     written = []
-    for path in _course_files(root):
+    for path in course_files(root):
         relative = path.relative_to(root)
         if relative.parts[:2] == ("exercises", "solutions") or is_backup(path):
             continue

@@ -32,7 +32,7 @@ INLINE = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HTML_LINK = re.compile(r"<(?:a|img)\b[^>]*?\b(?:href|src)\s*=\s*[\"']([^\"']+)[\"']", re.I)
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
-COMMAND = re.compile(r"(?:(?<![\w-])tfx-course|-m\s+tfx_course\.cli)(?![\w-])(.*)")
+COMMAND = re.compile(r"(?:(?<![\w-])(?<!--name )tfx-course|-m\s+tfx_course\.cli)(?![\w-])(.*)")
 SHELL_STOP = {"|", "||", "&&", ";", ">", ">>", "2>", "<"}
 # Author-year citations: "Xiong et al. (2020", "Post, 2018", "Sennrich, Haddow and Birch, 2016".
 CITATION = re.compile(

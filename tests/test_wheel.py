@@ -49,7 +49,7 @@ def test_a_wheel_installed_outside_the_repository_loads_the_course_model_and_tra
     # Build from a copy of what the package is made of, so no earlier build/ folder can help.
     source = tmp_path / "source"
     shutil.copytree(REPO / "tfx_course", source / "tfx_course", ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copyfile(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     build = [

@@ -1,4 +1,4 @@
-"""The training checks (lessons 07 and 09): planted bugs are named,
+"""The training checks (lesson 09): planted bugs are named,
 other correct implementations pass."""
 
 from __future__ import annotations

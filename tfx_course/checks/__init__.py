@@ -9,8 +9,8 @@ shape or dtype, or NaN is reported as a failure with a sentence that says what t
 One module per lesson topic, so a check is found where its lesson is: ``self_attention``
 (lesson 01), ``multi_head_attention`` (02), ``positional_encoding`` (03),
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
-``training`` (label smoothing, clipping, AdamW: 07 and 09), ``schedules`` (the warmup and
-cosine learning rates: 07 and 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10)
+``training`` (label smoothing, clipping, AdamW: 09), ``schedules`` (the warmup and cosine
+learning rates: 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10)
 and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,

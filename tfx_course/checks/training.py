@@ -1,5 +1,5 @@
-"""Checks for training (lessons 07 and 09): label smoothing, clipping by the global gradient
-norm, one AdamW step.
+"""Checks for training (lesson 09): label smoothing, clipping by the global gradient norm,
+one AdamW step.
 
 Shapes: B batch, T target length, V vocabulary size.
 """

@@ -26,6 +26,7 @@ from tfx_course.checks.evaluation import check_ngram_matches
 from tfx_course.checks.multi_head_attention import (
     check_merge_heads,
     check_multi_head_attention,
+    check_multi_query_attention,
     check_split_heads,
 )
 from tfx_course.checks.positional_encoding import check_embed_tokens, check_sinusoidal_encoding
@@ -67,6 +68,7 @@ __all__ = [
     "check_merge_heads",
     "check_merge_pair",
     "check_multi_head_attention",
+    "check_multi_query_attention",
     "check_ngram_matches",
     "check_padding_mask",
     "check_pair_counts",

@@ -37,7 +37,7 @@ __all__ = [
 # results from a lesson's notebook; a test keeps them in step with the solutions.
 LESSONS: dict[str, tuple[str, ...]] = {
     "01": ("attention_scores", "padding_mask", "causal_mask", "masked_softmax", "attention"),
-    "02": ("split_heads", "merge_heads", "multi_head_attention"),
+    "02": ("split_heads", "merge_heads", "multi_head_attention", "multi_query_attention"),
     "03": ("sinusoidal_encoding", "embed_tokens"),
     "04": ("layer_norm", "pre_ln_residual", "post_ln_residual"),
     "05": ("feed_forward", "encoder_layer"),

@@ -29,7 +29,11 @@ from tfx_course.checks.multi_head_attention import (
     check_multi_query_attention,
     check_split_heads,
 )
-from tfx_course.checks.positional_encoding import check_embed_tokens, check_sinusoidal_encoding
+from tfx_course.checks.positional_encoding import (
+    check_alibi_bias,
+    check_embed_tokens,
+    check_sinusoidal_encoding,
+)
 from tfx_course.checks.residual_and_layernorm import (
     check_layer_norm,
     check_post_ln_residual,
@@ -50,6 +54,7 @@ __all__ = [
     "CheckFailed",
     "CheckResult",
     "check_adamw_step",
+    "check_alibi_bias",
     "check_attention",
     "check_attention_scores",
     "check_beam_step",

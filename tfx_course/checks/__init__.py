@@ -38,6 +38,7 @@ from tfx_course.checks.residual_and_layernorm import (
     check_layer_norm,
     check_post_ln_residual,
     check_pre_ln_residual,
+    check_rezero_residual,
 )
 from tfx_course.checks.schedules import check_cosine_lr, check_warmup_schedule
 from tfx_course.checks.self_attention import (
@@ -79,6 +80,7 @@ __all__ = [
     "check_pair_counts",
     "check_post_ln_residual",
     "check_pre_ln_residual",
+    "check_rezero_residual",
     "check_sinusoidal_encoding",
     "check_split_heads",
     "check_target_mask",

@@ -39,7 +39,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "01": ("attention_scores", "padding_mask", "causal_mask", "masked_softmax", "attention"),
     "02": ("split_heads", "merge_heads", "multi_head_attention", "multi_query_attention"),
     "03": ("sinusoidal_encoding", "embed_tokens", "alibi_bias"),
-    "04": ("layer_norm", "pre_ln_residual", "post_ln_residual"),
+    "04": ("layer_norm", "pre_ln_residual", "post_ln_residual", "rezero_residual"),
     "05": ("feed_forward", "encoder_layer"),
     "06": ("target_mask", "decoder_layer"),
     "07": ("greedy_decode",),

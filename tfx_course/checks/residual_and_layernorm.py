@@ -209,10 +209,10 @@ def _rezero_steps(factory: Callable[..., Any], timeout: float | None) -> str:
     x, f, _ = _sublayer_parts()
     name = getattr(factory, "__name__", "ReZero")
     module = call(f"{name}(sublayer)", factory, f, timeout=timeout)
-    if not isinstance(module, nn.Module) or getattr(module, "sublayer", None) is not f:
-        raise Fail(
-            f"{name}(sublayer) must give an nn.Module that keeps the sublayer as self.sublayer"
-        )
+    if not isinstance(module, nn.Module):
+        raise Fail(f"{name}(sublayer) gave {type(module).__name__}, not an nn.Module")
+    if getattr(module, "sublayer", None) is not f:
+        raise Fail(f"{name}(sublayer) must keep the sublayer it is given as self.sublayer")
     alpha = _rezero_alpha(module)
     out = expect_tensor(call("forward(x)", module, x.clone(), timeout=timeout), "the output", shape=x.shape)  # fmt: skip
     with torch.no_grad():

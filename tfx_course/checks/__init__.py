@@ -21,7 +21,11 @@ default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per 
 from tfx_course.checks.core import CheckFailed, CheckResult
 from tfx_course.checks.decoder import check_decoder_layer, check_target_mask
 from tfx_course.checks.decoding import check_beam_step, check_greedy_decode, check_length_penalty
-from tfx_course.checks.encoder import check_encoder_layer, check_feed_forward
+from tfx_course.checks.encoder import (
+    check_encoder_layer,
+    check_feed_forward,
+    check_parallel_block,
+)
 from tfx_course.checks.evaluation import check_ngram_matches
 from tfx_course.checks.multi_head_attention import (
     check_merge_heads,
@@ -77,6 +81,7 @@ __all__ = [
     "check_multi_query_attention",
     "check_ngram_matches",
     "check_padding_mask",
+    "check_parallel_block",
     "check_pair_counts",
     "check_post_ln_residual",
     "check_pre_ln_residual",

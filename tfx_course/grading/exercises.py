@@ -40,7 +40,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "02": ("split_heads", "merge_heads", "multi_head_attention", "multi_query_attention"),
     "03": ("sinusoidal_encoding", "embed_tokens", "alibi_bias"),
     "04": ("layer_norm", "pre_ln_residual", "post_ln_residual", "rezero_residual"),
-    "05": ("feed_forward", "encoder_layer"),
+    "05": ("feed_forward", "encoder_layer", "parallel_block"),
     "06": ("target_mask", "decoder_layer"),
     "07": ("greedy_decode",),
     "08": ("pair_counts", "merge_pair"),

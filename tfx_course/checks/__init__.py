@@ -19,7 +19,11 @@ default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per 
 """
 
 from tfx_course.checks.core import CheckFailed, CheckResult
-from tfx_course.checks.decoder import check_decoder_layer, check_target_mask
+from tfx_course.checks.decoder import (
+    check_cross_attention_cache,
+    check_decoder_layer,
+    check_target_mask,
+)
 from tfx_course.checks.decoding import check_beam_step, check_greedy_decode, check_length_penalty
 from tfx_course.checks.encoder import (
     check_encoder_layer,
@@ -66,6 +70,7 @@ __all__ = [
     "check_causal_mask",
     "check_clip_grad_norm",
     "check_cosine_lr",
+    "check_cross_attention_cache",
     "check_decoder_layer",
     "check_embed_tokens",
     "check_encoder_layer",

@@ -41,7 +41,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "03": ("sinusoidal_encoding", "embed_tokens", "alibi_bias"),
     "04": ("layer_norm", "pre_ln_residual", "post_ln_residual", "rezero_residual"),
     "05": ("feed_forward", "encoder_layer", "parallel_block"),
-    "06": ("target_mask", "decoder_layer"),
+    "06": ("target_mask", "decoder_layer", "cross_attention_cache"),
     "07": ("greedy_decode",),
     "08": ("pair_counts", "merge_pair"),
     "09": ("label_smoothing", "warmup_schedule", "clip_grad_norm", "adamw_step", "cosine_lr"),

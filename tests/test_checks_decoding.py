@@ -204,6 +204,103 @@ ALTERNATIVES = {
 
 CHECKS = {name: getattr(checks, f"check_{name}") for name in BUGS}
 
+
+# --- sample_decode --------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _sample(
+    model,
+    src,
+    bos,
+    eos,
+    max_len,
+    pad,
+    temperature,
+    generator,
+    *,
+    draw="multinomial",
+    scale="divide",
+    position=-1,
+    axis=-1,
+    at_zero="argmax",
+    pad_after=True,
+):
+    model.eval()
+    memory = model.encode(src)
+    tokens = torch.full((src.shape[0], 1), bos, dtype=torch.long)
+    done = torch.zeros(src.shape[0], dtype=torch.bool)
+    for _ in range(max_len):
+        logits = model.decode(tokens, memory, src)[:, position]  # (B, V)
+        if temperature == 0 and at_zero == "argmax":
+            nxt = logits.argmax(-1)
+        else:
+            scaled = logits * temperature if scale == "multiply" else logits / temperature
+            probs = (logits if scale == "ignore" else scaled).softmax(axis)  # (B, V)
+            if draw == "argmax":
+                nxt = probs.argmax(-1)
+            elif draw == "one":
+                nxt = torch.multinomial(probs[0], 1, generator=generator).expand(len(probs))
+            else:
+                nxt = torch.multinomial(probs, 1, generator=generator if draw != "global" else None)[:, 0]  # fmt: skip
+        if pad_after:
+            nxt = nxt.masked_fill(done, pad)
+        tokens = torch.cat([tokens, nxt[:, None]], 1)
+        done |= nxt == eos
+        if done.all():
+            break
+    return tokens[:, 1:]
+
+
+@torch.no_grad()
+def _sample_gumbel(model, src, bos, eos, max_len, pad, temperature, generator):
+    """Correct: the Gumbel-max trick, argmax(logits / T + Gumbel noise), one draw per row."""
+    model.eval()
+    memory, out = model.encode(src), torch.full((src.shape[0], 1), bos)
+    for _ in range(max_len):
+        logits = model.decode(out, memory, src)[:, -1]
+        if temperature > 0:
+            uniform = torch.rand(logits.shape, generator=generator).clamp_min(1e-12)
+            logits = logits / temperature - torch.log(-torch.log(uniform))
+        ended = (out[:, 1:] == eos).any(dim=1)
+        out = torch.cat([out, torch.where(ended, pad, logits.argmax(-1))[:, None]], 1)
+        if (out[:, 1:] == eos).any(dim=1).all():
+            break
+    return out[:, 1:]
+
+
+@torch.no_grad()
+def _sample_inverse_cdf(model, src, bos, eos, max_len, pad, temperature, generator):
+    """Correct: one uniform number per row, looked up in the cumulative probabilities."""
+    model.eval()
+    memory, out = model.encode(src), [[bos] for _ in range(src.shape[0])]
+    while len(out[0]) <= max_len and not all(eos in row[1:] for row in out):
+        logits = model.decode(torch.tensor(out), memory, src)[:, -1]
+        if temperature < 1e-8:
+            nxt = logits.argmax(-1)
+        else:
+            cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
+            u = torch.rand(len(out), 1, generator=generator)
+            nxt = (cdf < u).sum(-1).clamp(max=logits.shape[-1] - 1)
+        for row, token in zip(out, nxt.tolist(), strict=True):
+            row.append(pad if eos in row[1:] else token)
+    return torch.tensor(out)[:, 1:]
+
+
+BUGS["sample_decode"] = [
+    (partial(_sample, scale="ignore"), "the temperature is ignored"),
+    (partial(_sample, scale="multiply"), "multiplied by the temperature"),
+    (partial(_sample, position=0), "last position's logits"),
+    (partial(_sample, axis=0), "softmax over the vocabulary, dim=-1"),
+    (partial(_sample, draw="argmax"), "the argmax would be greedy decoding"),
+    (partial(_sample, draw="one"), "the same first token"),
+    (partial(_sample, draw="global"), "with the generator argument"),
+    (partial(_sample, at_zero="divide"), "temperature=0 means greedy decoding"),
+    (partial(_sample, pad_after=False), "fill its later positions with pad_id"),
+]
+ALTERNATIVES["sample_decode"] = [_sample, _sample_gumbel, _sample_inverse_cdf]
+CHECKS["sample_decode"] = checks.check_sample_decode
+
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS
 )

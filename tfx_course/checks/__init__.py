@@ -10,7 +10,7 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 (lesson 01), ``multi_head_attention`` (02), ``positional_encoding`` (03),
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
 ``training`` (label smoothing, clipping, AdamW: 09), ``schedules`` (the warmup and cosine
-learning rates: 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10)
+learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step: 07 and 10)
 and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
@@ -24,7 +24,12 @@ from tfx_course.checks.decoder import (
     check_decoder_layer,
     check_target_mask,
 )
-from tfx_course.checks.decoding import check_beam_step, check_greedy_decode, check_length_penalty
+from tfx_course.checks.decoding import (
+    check_beam_step,
+    check_greedy_decode,
+    check_length_penalty,
+    check_sample_decode,
+)
 from tfx_course.checks.encoder import (
     check_encoder_layer,
     check_feed_forward,
@@ -89,6 +94,7 @@ __all__ = [
     "check_parallel_block",
     "check_pair_counts",
     "check_post_ln_residual",
+    "check_sample_decode",
     "check_pre_ln_residual",
     "check_rezero_residual",
     "check_sinusoidal_encoding",

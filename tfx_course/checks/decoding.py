@@ -1,5 +1,5 @@
-"""Checks for decoding (lessons 07 and 10): greedy decoding, the GNMT length penalty and one
-step of beam search.
+"""Checks for decoding (lessons 07 and 10): greedy decoding and sampling with a temperature,
+the GNMT length penalty and one step of beam search.
 
 Shapes: B batch (sentences), S source length, L generated length, K hypotheses kept per
 sentence (the beam), V vocabulary size.
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tfx_course.checks.core import (
+    NOT_ATTEMPTED,
     CheckResult,
     Fail,
     call,
@@ -30,6 +31,7 @@ from tfx_course.validation import shape_str
 
 __all__ = [
     "check_greedy_decode",
+    "check_sample_decode",
     "check_length_penalty",
     "check_beam_step",
 ]
@@ -127,10 +129,18 @@ def _trim(tokens: Tensor) -> Tensor:
     return tokens
 
 
-def _decode_with(fn, model: nn.Module, src: Tensor, max_len: int, timeout: float | None) -> Tensor:
-    what = f"greedy_decode(model, src, bos_id={BOS}, eos_id={EOS}, max_len={max_len}, pad_id={PAD})"
+# Arguments after the greedy decoder's, as (how the message shows it, value): sampling adds
+# the temperature and the generator.
+Extra = tuple[tuple[str, Any], ...]
+
+
+def _decode_with(fn, model: nn.Module, src: Tensor, max_len: int, timeout: float | None, extra: Extra = ()) -> Tensor:  # fmt: skip
+    name = "sample_decode" if extra else "greedy_decode"
+    shown = "".join(f", {label}" for label, _ in extra)
+    what = f"{name}(model, src, bos_id={BOS}, eos_id={EOS}, max_len={max_len}, pad_id={PAD}{shown})"
+    values = [value for _, value in extra]
     with torch.no_grad():
-        got = call(what, fn, model, src.clone(), BOS, EOS, max_len, PAD, timeout=timeout)
+        got = call(what, fn, model, src.clone(), BOS, EOS, max_len, PAD, *values, timeout=timeout)
     if not isinstance(got, Tensor):
         raise Fail(f"{what} returned {type(got).__name__}; return a (B, L) tensor of token ids")
     if got.dtype.is_floating_point or got.dtype == torch.bool:
@@ -155,11 +165,11 @@ _REVERSAL_SOURCES = [
 ]
 
 
-def _reversal_case(fn: Callable[..., Any], max_len: int, timeout: float | None) -> None:
+def _reversal_case(fn: Callable[..., Any], max_len: int, timeout: float | None, extra: Extra = ()) -> None:  # fmt: skip
     """Decode the perfect reversal model; max_len=3 cuts the longest answer (5 tokens) short."""
     model, src = _ReversalModel(), torch.tensor(_REVERSAL_SOURCES)
     model.train()  # the learner's code must switch to eval mode itself
-    got = _decode_with(fn, model, src, max_len, timeout)
+    got = _decode_with(fn, model, src, max_len, timeout, extra)
     model.eval()
     expected = greedy_decode(model, src, BOS, EOS, max_len, PAD, use_cache=False)
     if torch.equal(_trim(got), _trim(expected)):
@@ -172,13 +182,13 @@ def _reversal_case(fn: Callable[..., Any], max_len: int, timeout: float | None) 
     )
 
 
-def _transformer_case(fn: Callable[..., Any], timeout: float | None) -> None:
+def _transformer_case(fn: Callable[..., Any], timeout: float | None, extra: Extra = ()) -> None:
     """Decode a small random Transformer, whose rows end at different steps."""
     torch.manual_seed(0)
     config = ModelConfig(VOCAB, VOCAB, d_model=16, n_heads=4, n_encoder_layers=1,
                          n_decoder_layers=1, d_ff=32, dropout=0.1, max_len=8)  # fmt: skip
     transformer, src = Transformer(config).eval(), torch.tensor(_REVERSAL_SOURCES)
-    got = _decode_with(fn, transformer, src, 5, timeout)
+    got = _decode_with(fn, transformer, src, 5, timeout, extra)
     expected = greedy_decode(transformer, src, BOS, EOS, max_len=5, pad_id=PAD)
     if not torch.equal(_trim(got), _trim(expected)):
         _name_greedy_bug(got, transformer, src, 5)
@@ -197,6 +207,145 @@ def _greedy_steps(fn: Callable[..., Any], timeout: float | None) -> str:
 def check_greedy_decode(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
     """Check ``fn(model, src, bos_id, eos_id, max_len, pad_id) -> (B, L)`` generated ids."""
     return run_check("greedy_decode", lambda: _greedy_steps(fn, timeout))
+
+
+# --- sampling with a temperature (transfer) -------------------------------------------
+
+# The stand-in model's logits: the first token comes from _FIRST, every later one from _LATER
+# (the rest of the vocabulary at -30, never drawn). Temperatures 0.5 and 2 tell "divided by T"
+# from "multiplied by T" and from "T ignored".
+_FIRST = {4: 1.0, 5: 0.5, 6: 0.0, 7: -0.5, EOS: -1.0}
+_LATER = {8: 1.5, 9: 0.0, EOS: 0.5}
+_DRAWS, _TOLERANCE = 4000, 0.035  # the largest allowed gap between a frequency and its probability
+
+
+def _logits_of(scores: dict[int, float]) -> Tensor:
+    logits = torch.full((VOCAB,), -30.0)
+    logits[list(scores)] = torch.tensor(list(scores.values()))
+    return logits  # (V,)
+
+
+class _DiceModel(nn.Module):
+    """A "model" whose next-token logits are fixed: ``_FIRST`` at position 0, ``_LATER`` after."""
+
+    config = _ReversalConfig()
+    device = torch.device("cpu")
+
+    def encode(self, src: Tensor) -> Tensor:
+        return torch.zeros(src.shape[0], src.shape[1], 1)  # (B, S, 1)
+
+    def decode(self, tgt: Tensor, memory: Tensor, src: Tensor) -> Tensor:
+        B, T = tgt.shape
+        logits = _logits_of(_LATER).expand(B, T, VOCAB).clone()  # (B, T, V)
+        logits[:, 0] = _logits_of(_FIRST)
+        return logits
+
+
+def _sampling_mistakes(temperature: float) -> dict[str, tuple[Tensor, Tensor]]:
+    """Map each mistake's message to the (first, later) token distributions it draws from."""
+    first, later = _logits_of(_FIRST), _logits_of(_LATER)
+    correct_first = (first / temperature).softmax(-1)
+    return {
+        "the temperature is ignored: divide the logits by it before the softmax, "
+        "softmax(logits / temperature)": (first.softmax(-1), later.softmax(-1)),
+        "the logits were multiplied by the temperature; divide them by it, "
+        "softmax(logits / temperature)": (
+            (first * temperature).softmax(-1),
+            (later * temperature).softmax(-1),
+        ),  # fmt: skip
+        "the later tokens were drawn from the first position's logits: sample from the last "
+        "position's, logits[:, -1]": (correct_first, correct_first),
+        "every token was equally likely: take the softmax over the vocabulary, dim=-1 (over the "
+        "batch axis it gives every row the same flat distribution)": (
+            torch.full((VOCAB,), 1 / VOCAB),
+        )
+        * 2,  # fmt: skip
+    }
+
+
+def _frequencies(tokens: Tensor) -> Tensor:
+    return torch.bincount(tokens, minlength=VOCAB).double() / max(1, tokens.numel())  # (V,)
+
+
+def _near(freq: Tensor, probs: Tensor) -> bool:
+    return bool((freq - probs.double()).abs().max() <= _TOLERANCE)
+
+
+def _draws(fn: Callable[..., Any], temperature: float, seed: int, rows: int, timeout: float | None) -> Tensor:  # fmt: skip
+    """Sample ``rows`` sequences of at most two tokens from the stand-in model."""
+    src = torch.full((rows, 3), 4)  # the stand-in ignores its source
+    generator = torch.Generator().manual_seed(seed)
+    extra = ((f"temperature={temperature}", temperature), (f"generator seeded {seed}", generator))
+    got = _decode_with(fn, _DiceModel(), src, 2, timeout, extra)
+    first = got[:, 0] if got.shape[1] else got.new_zeros(0)
+    if got.shape[1] < 2 and bool((first != EOS).any()):
+        raise Fail(
+            "with max_len=2, every sequence whose first token is not EOS needs a second token"
+        )
+    if bool((got[first == EOS, 1:] != PAD).any()):
+        raise Fail(_GREEDY_BUGS["no_pad"])
+    return got
+
+
+def _sampling_case(fn: Callable[..., Any], temperature: float, timeout: float | None) -> None:
+    got = _draws(fn, temperature, seed=0, rows=_DRAWS, timeout=timeout)
+    first = got[:, 0]
+    if bool((first == first[0]).all()):
+        raise Fail(f"at temperature={temperature} every sequence got the same first token: draw "
+                   "one token per row from softmax(logits / temperature), "
+                   "torch.multinomial(probs, 1, generator=generator) on probabilities of shape "
+                   "(B, V); the argmax would be greedy decoding")  # fmt: skip
+    observed = (_frequencies(first), _frequencies(got[first != EOS, 1]))
+    expected = tuple((_logits_of(s) / temperature).softmax(-1) for s in (_FIRST, _LATER))
+    if all(_near(o, e) for o, e in zip(observed, expected, strict=True)):
+        return
+    for message, probs in _sampling_mistakes(temperature).items():
+        if all(_near(o, q) for o, q in zip(observed, probs, strict=True)):
+            raise Fail(message)
+    i = 0 if not _near(observed[0], expected[0]) else 1
+    gap = float((observed[i] - expected[i]).abs().max())
+    raise Fail(f"at temperature={temperature} the frequencies of the {('first', 'second')[i]} "
+               f"tokens over {_DRAWS} draws differ from softmax(logits / temperature) by up to "
+               f"{gap:.3f} (at most {_TOLERANCE} is expected)")  # fmt: skip
+
+
+def _greedy_at_zero(fn: Callable[..., Any], timeout: float | None) -> None:
+    extra = (("temperature=0.0", 0.0), ("generator", torch.Generator().manual_seed(0)))
+    try:
+        for max_len in (8, 3):
+            _reversal_case(fn, max_len, timeout, extra)
+        _transformer_case(fn, timeout, extra)
+    except Fail as failure:
+        if str(failure).startswith(NOT_ATTEMPTED):
+            raise
+        raise Fail(f"temperature=0 means greedy decoding (the argmax, no division by 0): {failure}") from None  # fmt: skip
+
+
+def _sampling_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    _greedy_at_zero(fn, timeout)
+    runs = []
+    for global_seed in (1, 2):  # the global random state differs, the generator's seed does not
+        torch.manual_seed(global_seed)
+        runs.append(_draws(fn, 1.0, seed=7, rows=64, timeout=timeout))
+    if not torch.equal(runs[0], runs[1]):
+        raise Fail("two runs whose generators had the same seed gave different tokens: draw with "
+                   "the generator argument, torch.multinomial(probs, 1, generator=generator), "
+                   "not with the global random state")  # fmt: skip
+    for temperature in (0.5, 2.0):
+        _sampling_case(fn, temperature, timeout)
+    return (
+        f"temperature 0 is greedy decoding; at temperatures 0.5 and 2 the tokens of {_DRAWS:,} "
+        "draws follow softmax(logits / temperature); the same seed gives the same tokens"
+    )
+
+
+def check_sample_decode(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check ``fn(model, src, bos_id, eos_id, max_len, pad_id, temperature, generator)``.
+
+    It must return ``(B, L)`` ids drawn from ``softmax(logits / temperature)`` with
+    ``generator``, greedy decoding at ``temperature=0``, padded after EOS like greedy decoding.
+    """
+    return run_check("sample_decode", lambda: _sampling_steps(fn, timeout))
 
 
 # --- the GNMT length penalty --------------------------------------------------------

@@ -42,7 +42,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "04": ("layer_norm", "pre_ln_residual", "post_ln_residual", "rezero_residual"),
     "05": ("feed_forward", "encoder_layer", "parallel_block"),
     "06": ("target_mask", "decoder_layer", "cross_attention_cache"),
-    "07": ("greedy_decode",),
+    "07": ("greedy_decode", "sample_decode"),
     "08": ("pair_counts", "merge_pair"),
     "09": ("label_smoothing", "warmup_schedule", "clip_grad_norm", "adamw_step", "cosine_lr"),
     "10": ("length_penalty", "beam_step", "ngram_matches"),

@@ -61,7 +61,11 @@ from tfx_course.checks.self_attention import (
     check_masked_softmax,
     check_padding_mask,
 )
-from tfx_course.checks.tokenization import check_merge_pair, check_pair_counts
+from tfx_course.checks.tokenization import (
+    check_byte_fallback,
+    check_merge_pair,
+    check_pair_counts,
+)
 from tfx_course.checks.training import check_adamw_step, check_clip_grad_norm, check_label_smoothing
 
 __all__ = [
@@ -72,6 +76,7 @@ __all__ = [
     "check_attention",
     "check_attention_scores",
     "check_beam_step",
+    "check_byte_fallback",
     "check_causal_mask",
     "check_clip_grad_norm",
     "check_cosine_lr",

@@ -9,7 +9,7 @@ shape or dtype, or NaN is reported as a failure with a sentence that says what t
 One module per lesson topic, so a check is found where its lesson is: ``self_attention``
 (lesson 01), ``multi_head_attention`` (02), ``positional_encoding`` (03),
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
-``training`` (label smoothing, clipping, AdamW: 09), ``schedules`` (the warmup and cosine
+``training`` (label smoothing, clipping, AdamW, EMA: 09), ``schedules`` (the warmup and cosine
 learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step: 07 and 10)
 and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
 
@@ -66,7 +66,12 @@ from tfx_course.checks.tokenization import (
     check_merge_pair,
     check_pair_counts,
 )
-from tfx_course.checks.training import check_adamw_step, check_clip_grad_norm, check_label_smoothing
+from tfx_course.checks.training import (
+    check_adamw_step,
+    check_clip_grad_norm,
+    check_ema_update,
+    check_label_smoothing,
+)
 
 __all__ = [
     "CheckFailed",
@@ -82,6 +87,7 @@ __all__ = [
     "check_cosine_lr",
     "check_cross_attention_cache",
     "check_decoder_layer",
+    "check_ema_update",
     "check_embed_tokens",
     "check_encoder_layer",
     "check_feed_forward",

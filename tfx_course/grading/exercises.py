@@ -44,7 +44,14 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "06": ("target_mask", "decoder_layer", "cross_attention_cache"),
     "07": ("greedy_decode", "sample_decode"),
     "08": ("pair_counts", "merge_pair", "byte_fallback"),
-    "09": ("label_smoothing", "warmup_schedule", "clip_grad_norm", "adamw_step", "cosine_lr"),
+    "09": (
+        "label_smoothing",
+        "warmup_schedule",
+        "clip_grad_norm",
+        "adamw_step",
+        "cosine_lr",
+        "ema_update",
+    ),
     "10": ("length_penalty", "beam_step", "ngram_matches"),
 }
 

@@ -301,6 +301,87 @@ BUGS["sample_decode"] = [
 ALTERNATIVES["sample_decode"] = [_sample, _sample_gumbel, _sample_inverse_cdf]
 CHECKS["sample_decode"] = checks.check_sample_decode
 
+
+# --- top_p_filter ---------------------------------------------------------------------
+
+
+def _top_p(logits, p, *, rule="before", renormalise=True, descending=True, scatter=True, dim=-1, keep_top=True):  # fmt: skip
+    probs = logits.softmax(dim)
+    sorted_probs, order = probs.sort(-1, descending=descending)
+    cumulative = sorted_probs.cumsum(-1)
+    keep = {
+        "before": cumulative - sorted_probs < p,
+        "inclusive": cumulative <= p,
+        "own": sorted_probs >= p,
+    }[rule]
+    if keep_top:
+        keep[..., 0] = True
+    kept = sorted_probs * keep
+    if renormalise:
+        kept = kept / kept.sum(-1, keepdim=True)
+    return torch.zeros_like(kept).scatter(-1, order, kept) if scatter else kept
+
+
+def _top_p_loops(logits, p):
+    """Correct: row by row in Python, stopping once the total reaches p."""
+    flat = logits.reshape(-1, logits.shape[-1]).softmax(-1)
+    out = torch.zeros_like(flat)
+    for row, probs in enumerate(flat.tolist()):
+        total, kept = 0.0, []
+        for token in sorted(range(len(probs)), key=lambda v: -probs[v]):
+            kept.append(token)
+            total += probs[token]
+            if total >= p:
+                break
+        for token in kept:
+            out[row, token] = probs[token] / total
+    return out.reshape(logits.shape)
+
+
+def _top_p_ascending(logits, p):
+    """Correct: drop the least likely tokens whose total stays within 1 - p (as HF does)."""
+    probs = logits.softmax(-1)
+    sorted_probs, order = probs.sort(-1)  # ascending
+    drop = sorted_probs.cumsum(-1) <= 1 - p
+    drop[..., -1] = False  # the most likely token stays
+    dropped = drop.scatter(-1, order, drop)
+    kept = probs.masked_fill(dropped, 0.0)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def _top_p_logits(logits, p):
+    filtered = _top_p(logits, p).log()  # -inf outside the nucleus
+    return filtered
+
+
+def test_the_top_p_reference_equals_an_independent_loop():
+    # The check names mistakes by comparing with variants of its sort-based reference; that
+    # reference agrees with a plain loop over each row's tokens, most likely first.
+    from tfx_course.checks.decoding import _nucleus_problem, _top_p_variant
+
+    gen = torch.Generator().manual_seed(0)
+    for p in (0.3, 0.7, 0.95, 1.0):
+        logits = torch.randn(4, 2, 9, generator=gen) * 2
+        expected = _top_p_loops(logits, p)
+        torch.testing.assert_close(_top_p_variant(logits, p), expected)
+        assert _nucleus_problem(expected, logits.softmax(-1), p) is None
+        assert _nucleus_problem(logits.softmax(-1), logits.softmax(-1), 0.3) is not None
+
+
+BUGS["top_p_filter"] = [
+    (partial(_top_p, rule="inclusive"), "the kept tokens must reach p"),
+    (partial(_top_p, renormalise=False), "renormalise"),
+    (partial(_top_p, rule="own"), "not every token whose own probability is at least p"),
+    (partial(_top_p, descending=False), "sort in descending order"),
+    (partial(_top_p, scatter=False), "scatter them back"),
+    (partial(_top_p, dim=0), "the last axis, dim=-1"),
+    (partial(_top_p, rule="inclusive", keep_top=False), "holds NaN: always keep the most likely"),
+    (_top_p_logits, "not filtered logits"),
+    (lambda logits, p: logits.softmax(-1), "keeps more tokens than needed"),
+]
+ALTERNATIVES["top_p_filter"] = [_top_p, _top_p_loops, _top_p_ascending]
+CHECKS["top_p_filter"] = checks.check_top_p_filter
+
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS
 )

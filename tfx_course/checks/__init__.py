@@ -10,7 +10,7 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 (lesson 01), ``multi_head_attention`` (02), ``positional_encoding`` (03),
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
 ``training`` (label smoothing, clipping, AdamW, EMA: 09), ``schedules`` (the warmup and cosine
-learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step: 07 and 10)
+learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, top-p: 07 and 10)
 and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
@@ -29,6 +29,7 @@ from tfx_course.checks.decoding import (
     check_greedy_decode,
     check_length_penalty,
     check_sample_decode,
+    check_top_p_filter,
 )
 from tfx_course.checks.encoder import (
     check_encoder_layer,
@@ -111,5 +112,6 @@ __all__ = [
     "check_sinusoidal_encoding",
     "check_split_heads",
     "check_target_mask",
+    "check_top_p_filter",
     "check_warmup_schedule",
 ]

@@ -1,5 +1,5 @@
 """Checks for decoding (lessons 07 and 10): greedy decoding and sampling with a temperature,
-the GNMT length penalty and one step of beam search.
+the GNMT length penalty, one step of beam search and nucleus (top-p) filtering.
 
 Shapes: B batch (sentences), S source length, L generated length, K hypotheses kept per
 sentence (the beam), V vocabulary size.
@@ -34,6 +34,7 @@ __all__ = [
     "check_sample_decode",
     "check_length_penalty",
     "check_beam_step",
+    "check_top_p_filter",
 ]
 
 
@@ -475,3 +476,99 @@ def _beam_steps(fn: Callable[..., Any], timeout: float | None) -> str:
 def check_beam_step(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
     """Check ``fn(scores, log_probs, k) -> (new_scores, origin, token)``, one step of beam search."""
     return run_check("beam_step", lambda: _beam_steps(fn, timeout))
+
+
+# --- nucleus (top-p) filtering (transfer) ---------------------------------------------------
+
+
+def _top_p_variant(logits: Tensor, p: float, bug: str = "") -> Tensor:
+    """Top-p probabilities computed by sorting, or the same with one planted mistake."""
+    probs = logits.softmax(dim=0 if bug == "batch_axis" else -1)  # (..., V)
+    sorted_probs, order = probs.sort(dim=-1, descending=bug != "ascending")
+    before = sorted_probs.cumsum(-1) - sorted_probs  # (..., V): mass of the tokens ahead
+    keep = {"exclusive": sorted_probs.cumsum(-1) <= p, "threshold": sorted_probs >= p}.get(bug, before < p)  # fmt: skip
+    keep[..., 0] = True  # the most likely token always stays
+    kept = sorted_probs * keep
+    if bug != "not_renormalised":
+        kept = kept / kept.sum(-1, keepdim=True)
+    return kept if bug == "sorted_order" else torch.zeros_like(kept).scatter(-1, order, kept)
+
+
+_TOP_P_BUGS = {
+    "exclusive": "the kept tokens must reach p: keep the token whose probability takes the "
+    "total to p or above (keep a token while the mass before it is below p)",
+    "not_renormalised": "renormalise: divide the kept probabilities by their sum, so that each "
+    "row sums to 1",
+    "threshold": "top-p keeps the most likely tokens until their total reaches p, not every "
+    "token whose own probability is at least p",
+    "ascending": "sort in descending order: the nucleus holds the most likely tokens",
+    "sorted_order": "the probabilities come out in sorted order: scatter them back to their "
+    "tokens with the sort's indices, torch.zeros_like(probs).scatter(-1, order, kept)",
+    "batch_axis": "take the softmax over the vocabulary, the last axis, dim=-1",
+}
+
+
+def _nucleus_problem(got: Tensor, probs: Tensor, p: float) -> str | None:
+    """Say which property of a top-p distribution ``got`` lacks, row by row; None if none."""
+    for row, (g, q) in enumerate(zip(got.reshape(-1, got.shape[-1]).double(), probs.reshape(-1, probs.shape[-1]).double(), strict=True)):  # fmt: skip
+        kept = g > 0
+        mass = float(q[kept].sum())
+        if not kept.any():
+            return f"row {row} keeps no token: always keep the most likely one"
+        if (~kept).any() and float(q[~kept].max()) > float(q[kept].min()) + 1e-7:
+            return f"in row {row} a dropped token is more likely than a kept one: keep the most likely tokens"  # fmt: skip
+        if mass < p - 1e-6:
+            return f"row {row} keeps a total probability of {mass:.4f}, below p={p}"
+        if mass - float(q[kept].min()) >= p + 1e-6:
+            return f"row {row} keeps more tokens than needed: without its least likely kept token the total is still at least p={p}"  # fmt: skip
+        if not torch.allclose(g, q * kept / mass, atol=1e-6):
+            return f"row {row} is not the kept probabilities divided by their sum, {mass:.4f}"
+    return None
+
+
+def _top_p_cases() -> list[tuple[Tensor, float]]:
+    gen = torch.Generator().manual_seed(13)
+    logits = torch.randn(3, 8, generator=gen) * 1.5  # (B, V)
+    tied = torch.tensor([[2.0, 0.0, 2.0, 2.0, 0.0, 2.0]])  # four equal tokens share the top
+    return [
+        (logits + torch.tensor([4.0] + [0.0] * 7), 0.05),  # the top token alone exceeds p
+        (logits, 0.9),
+        (logits, 0.5),
+        (logits, 1.0),  # everything stays
+        (tied, 0.5),  # any three of the four tied tokens are right
+        (torch.randn(2, 3, 6, generator=gen) * 1.5, 0.8),  # (B, T, V): any leading axes
+    ]
+
+
+def _top_p_case(fn: Callable[..., Any], logits: Tensor, p: float, timeout: float | None) -> None:
+    what = f"top_p_filter(logits {shape_str(logits)}, p={p})"
+    got = call(what, fn, logits.clone(), p, timeout=timeout)
+    got = expect_tensor(got, what, shape=logits.shape, finite=False)
+    if bool(torch.isneginf(got).any()):
+        raise Fail(f"{what} holds -inf: return probabilities (0 outside the nucleus, "
+                   "renormalised), not filtered logits")  # fmt: skip
+    if bool(torch.isnan(got).any()):
+        raise Fail(f"{what} holds NaN: always keep the most likely token; when it alone exceeds "
+                   "p it is the whole nucleus (renormalising nothing gives 0 / 0)")  # fmt: skip
+    problem = _nucleus_problem(got, logits.softmax(-1), p)
+    if problem is None:
+        return
+    mistakes = {
+        msg: (lambda bug=bug: _top_p_variant(logits, p, bug)) for bug, msg in _TOP_P_BUGS.items()
+    }
+    diagnose(got, mistakes, atol=1e-6)
+    raise Fail(f"{what}: {problem}")
+
+
+def _top_p_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    for logits, p in _top_p_cases():
+        _top_p_case(fn, logits, p, timeout)
+    return (
+        "the smallest set of most likely tokens reaching p, renormalised, for p = 0.05 .. 1, "
+        "ties and any leading axes"
+    )
+
+
+def check_top_p_filter(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check ``fn(logits, p) -> probs``: nucleus (top-p) filtering of ``(..., V)`` logits."""
+    return run_check("top_p_filter", lambda: _top_p_steps(fn, timeout))

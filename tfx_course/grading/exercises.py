@@ -52,7 +52,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
         "cosine_lr",
         "ema_update",
     ),
-    "10": ("length_penalty", "beam_step", "ngram_matches"),
+    "10": ("length_penalty", "beam_step", "ngram_matches", "top_p_filter"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

@@ -9,8 +9,8 @@ shape or dtype, or NaN is reported as a failure with a sentence that says what t
 One module per lesson topic, so a check is found where its lesson is: ``self_attention``
 (lesson 01), ``multi_head_attention`` (02), ``positional_encoding`` (03),
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
-``training`` (label smoothing, clipping, AdamW: 07 and 09), ``schedules`` (the warmup and
-cosine learning rates: 07 and 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10)
+``training`` (label smoothing, clipping, AdamW, EMA: 09), ``schedules`` (the warmup and cosine
+learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, top-p: 07 and 10)
 and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
@@ -19,20 +19,40 @@ default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per 
 """
 
 from tfx_course.checks.core import CheckFailed, CheckResult
-from tfx_course.checks.decoder import check_decoder_layer, check_target_mask
-from tfx_course.checks.decoding import check_beam_step, check_greedy_decode, check_length_penalty
-from tfx_course.checks.encoder import check_encoder_layer, check_feed_forward
+from tfx_course.checks.decoder import (
+    check_cross_attention_cache,
+    check_decoder_layer,
+    check_target_mask,
+)
+from tfx_course.checks.decoding import (
+    check_beam_step,
+    check_greedy_decode,
+    check_length_penalty,
+    check_sample_decode,
+    check_top_p_filter,
+)
+from tfx_course.checks.encoder import (
+    check_encoder_layer,
+    check_feed_forward,
+    check_parallel_block,
+)
 from tfx_course.checks.evaluation import check_ngram_matches
 from tfx_course.checks.multi_head_attention import (
     check_merge_heads,
     check_multi_head_attention,
+    check_multi_query_attention,
     check_split_heads,
 )
-from tfx_course.checks.positional_encoding import check_embed_tokens, check_sinusoidal_encoding
+from tfx_course.checks.positional_encoding import (
+    check_alibi_bias,
+    check_embed_tokens,
+    check_sinusoidal_encoding,
+)
 from tfx_course.checks.residual_and_layernorm import (
     check_layer_norm,
     check_post_ln_residual,
     check_pre_ln_residual,
+    check_rezero_residual,
 )
 from tfx_course.checks.schedules import check_cosine_lr, check_warmup_schedule
 from tfx_course.checks.self_attention import (
@@ -42,20 +62,33 @@ from tfx_course.checks.self_attention import (
     check_masked_softmax,
     check_padding_mask,
 )
-from tfx_course.checks.tokenization import check_merge_pair, check_pair_counts
-from tfx_course.checks.training import check_adamw_step, check_clip_grad_norm, check_label_smoothing
+from tfx_course.checks.tokenization import (
+    check_byte_fallback,
+    check_merge_pair,
+    check_pair_counts,
+)
+from tfx_course.checks.training import (
+    check_adamw_step,
+    check_clip_grad_norm,
+    check_ema_update,
+    check_label_smoothing,
+)
 
 __all__ = [
     "CheckFailed",
     "CheckResult",
     "check_adamw_step",
+    "check_alibi_bias",
     "check_attention",
     "check_attention_scores",
     "check_beam_step",
+    "check_byte_fallback",
     "check_causal_mask",
     "check_clip_grad_norm",
     "check_cosine_lr",
+    "check_cross_attention_cache",
     "check_decoder_layer",
+    "check_ema_update",
     "check_embed_tokens",
     "check_encoder_layer",
     "check_feed_forward",
@@ -67,13 +100,18 @@ __all__ = [
     "check_merge_heads",
     "check_merge_pair",
     "check_multi_head_attention",
+    "check_multi_query_attention",
     "check_ngram_matches",
     "check_padding_mask",
+    "check_parallel_block",
     "check_pair_counts",
     "check_post_ln_residual",
+    "check_sample_decode",
     "check_pre_ln_residual",
+    "check_rezero_residual",
     "check_sinusoidal_encoding",
     "check_split_heads",
     "check_target_mask",
+    "check_top_p_filter",
     "check_warmup_schedule",
 ]

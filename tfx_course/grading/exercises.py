@@ -42,15 +42,22 @@ __all__ = [
 # results from a lesson's notebook; a test keeps them in step with the solutions.
 LESSONS: dict[str, tuple[str, ...]] = {
     "01": ("attention_scores", "padding_mask", "causal_mask", "masked_softmax", "attention"),
-    "02": ("split_heads", "merge_heads", "multi_head_attention"),
-    "03": ("sinusoidal_encoding", "embed_tokens"),
-    "04": ("layer_norm", "pre_ln_residual", "post_ln_residual"),
-    "05": ("feed_forward", "encoder_layer"),
-    "06": ("target_mask", "decoder_layer"),
-    "07": ("label_smoothing", "warmup_schedule", "greedy_decode"),
-    "08": ("pair_counts", "merge_pair"),
-    "09": ("clip_grad_norm", "adamw_step", "cosine_lr"),
-    "10": ("length_penalty", "beam_step", "ngram_matches"),
+    "02": ("split_heads", "merge_heads", "multi_head_attention", "multi_query_attention"),
+    "03": ("sinusoidal_encoding", "embed_tokens", "alibi_bias"),
+    "04": ("layer_norm", "pre_ln_residual", "post_ln_residual", "rezero_residual"),
+    "05": ("feed_forward", "encoder_layer", "parallel_block"),
+    "06": ("target_mask", "decoder_layer", "cross_attention_cache"),
+    "07": ("greedy_decode", "sample_decode"),
+    "08": ("pair_counts", "merge_pair", "byte_fallback"),
+    "09": (
+        "label_smoothing",
+        "warmup_schedule",
+        "clip_grad_norm",
+        "adamw_step",
+        "cosine_lr",
+        "ema_update",
+    ),
+    "10": ("length_penalty", "beam_step", "ngram_matches", "top_p_filter"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

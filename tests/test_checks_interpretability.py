@@ -168,7 +168,10 @@ BUGS = {
         (lambda f, x, x0, m: _ig(f, x, x0, m, bug="at_input"), "at the input"),
         (_input_x_gradient, "this is input x gradient"),
         (lambda f, x, x0, m: _ig(f, x, x0, m, bug="no_delta"), "not multiplied"),
-        (lambda f, x, x0, m: _ig(f, x, x0, m, bug="times_input"), "instead of (inputs - baseline)"),  # fmt: skip
+        (
+            lambda f, x, x0, m: _ig(f, x, x0, m, bug="times_input"),
+            "instead of (inputs - baseline)",
+        ),  # fmt: skip
         (lambda f, x, x0, m: _ig(f, x, x0, m, bug="sum"), "instead of averaging"),
         (lambda f, x, x0, m: -_ig(f, x, x0, m), "sign is flipped"),
         (lambda f, x, x0, m: _ig(f, x, x0, m).sum(dim=-1), "expected (3, 5)"),

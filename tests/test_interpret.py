@@ -87,7 +87,11 @@ def test_all_heads_lists_each_head_of_each_kind_once():
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(("attention", 0), "kind must be one of"), (("cross", 2), "layers 0..1"), (("encoder", -1), "layers 0..1")],  # fmt: skip
+    [
+        (("attention", 0), "kind must be one of"),
+        (("cross", 2), "layers 0..1"),
+        (("encoder", -1), "layers 0..1"),
+    ],  # fmt: skip
 )
 def test_attention_module_rejects_unknown_kinds_and_layers(args, message):
     with pytest.raises(ValueError, match=message):
@@ -133,7 +137,11 @@ def test_head_mask_is_removed_even_when_the_block_raises():
 
 @pytest.mark.parametrize(
     ("heads", "error", "message"),
-    [(4, ValueError, r"heads must be in 0..3"), ([0, -1], ValueError, r"\[-1\]"), (1.0, TypeError, "a head index or a list")],  # fmt: skip
+    [
+        (4, ValueError, r"heads must be in 0..3"),
+        ([0, -1], ValueError, r"\[-1\]"),
+        (1.0, TypeError, "a head index or a list"),
+    ],  # fmt: skip
 )
 def test_head_mask_rejects_heads_that_do_not_exist(heads, error, message):
     with pytest.raises(error, match=message), head_mask(MultiHeadAttention(16, 4), heads):

@@ -30,6 +30,7 @@ from tfx_course.interpret import (
     integrated_gradients,
     log_prob_from_embeddings,
     mask_heads,
+    replaced_source_embeddings,
     source_attributions,
     source_embeddings,
 )
@@ -305,6 +306,23 @@ def test_the_score_is_the_models_log_probability_of_the_target(src, tgt):
             assert torch.allclose(forward(embeddings), expected[:, t], atol=1e-5)
             three = forward(embeddings.repeat(3, 1, 1))  # three copies, step-major
             assert torch.allclose(three, expected[:, t].repeat(3), atol=1e-5)
+
+
+def test_replaced_source_embeddings_feed_the_encoder_and_are_removed_afterwards(src, tgt):
+    model = make_model()
+    embeddings = source_embeddings(model, src)
+    erased = embeddings.clone()
+    erased[0, 2] = 0  # erase token 2 of sentence 0
+    with torch.no_grad():
+        logits = model(src, tgt[0])
+        with replaced_source_embeddings(model, embeddings):
+            same = model(src, tgt[0])
+        with replaced_source_embeddings(model, erased):
+            changed = model(src, tgt[0])
+    assert torch.allclose(same, logits, atol=1e-6)
+    assert not torch.allclose(changed[0], logits[0], atol=1e-3)
+    assert torch.allclose(changed[1], logits[1], atol=1e-6)  # the other sentence is untouched
+    assert not model.encoder.embed._forward_hooks
 
 
 def test_the_score_needs_embeddings_shaped_like_the_source(src, tgt):

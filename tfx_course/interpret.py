@@ -40,6 +40,7 @@ __all__ = [
     "input_x_gradient",
     "integrated_gradients",
     "source_embeddings",
+    "replaced_source_embeddings",
     "log_prob_from_embeddings",
     "source_attributions",
     "attention_table_html",
@@ -214,9 +215,14 @@ def source_embeddings(model: Transformer, src: Tensor) -> Tensor:
 
 
 @contextmanager
-def _replaced_output(module: nn.Module, value: Tensor) -> Iterator[None]:
-    """Make ``module`` return ``value`` instead of its own output inside a ``with`` block."""
-    handle = module.register_forward_hook(lambda mod, args, out: value)
+def replaced_source_embeddings(model: Transformer, embeddings: Tensor) -> Iterator[None]:
+    """Make ``model`` use ``embeddings`` as its source token embeddings inside a ``with`` block.
+
+    Shapes: embeddings (N, S, C), in place of ``source_embeddings(model, src)``; call the model
+    with N source sequences of length S (they still give the padding mask). A forward hook on
+    ``model.encoder.embed`` returns them, as Captum's layer attributions do.
+    """
+    handle = model.encoder.embed.register_forward_hook(lambda module, args, out: embeddings)
     try:
         yield
     finally:
@@ -253,7 +259,7 @@ def log_prob_from_embeddings(
         # Causal: the tokens after `position` cannot change it, so the decoder reads the prefix
         # only, and the output layer (V columns) runs on the one scored position.
         prefix = tgt_in[:, : position + 1].repeat(k, 1)  # (N, position + 1)
-        with eval_mode(model), _replaced_output(model.encoder.embed, embeddings):
+        with eval_mode(model), replaced_source_embeddings(model, embeddings):
             memory = model.encode(src_k)  # (N, S, C)
             self_mask, memory_mask = target_mask(prefix, pad_id), source_mask(src_k, pad_id)
             hidden = model.decoder(prefix, memory, self_mask, memory_mask)  # (N, position + 1, C)

@@ -9,13 +9,14 @@ BLEU is reported beside it for comparison with older tutorials that lower-case e
 This module is the one BLEU path of the course: ``evaluate_translation`` translates (batching
 sentences of similar token length) and ``score_bleu`` scores; validation during training,
 the course checkpoint's test2016 scores and the GPU run all go through them.
+``paired_bootstrap`` asks whether two systems' BLEU on the same sentences really differ.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ from tfx_course.decoding import DecodableModel, translate
 __all__ = [
     "BleuResult",
     "score_bleu",
+    "PairedBootstrap",
+    "paired_bootstrap",
     "TranslationEvaluation",
     "translate_by_length",
     "evaluate_translation",
@@ -107,6 +110,56 @@ def score_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuResu
         reference_length=score.ref_len,
         n_sentences=len(hyps),
     )
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """One system against a baseline on the same sentences: BLEU of both and the p-value."""
+
+    baseline: float  # cased corpus BLEU of the baseline
+    system: float  # cased corpus BLEU of the system
+    p_value: float  # chance of a difference this large if the systems were equally good
+    signature: str  # sacreBLEU's, with the number of resamples and the seed
+
+    @property
+    def change(self) -> float:
+        """BLEU of the system minus BLEU of the baseline."""
+        return self.system - self.baseline
+
+
+def paired_bootstrap(
+    baseline: Sequence[str],
+    systems: Mapping[str, Sequence[str]],
+    references: Sequence[str],
+    n_samples: int = 1000,
+) -> dict[str, PairedBootstrap]:
+    """Compare each system's outputs with the baseline's by paired bootstrap resampling.
+
+    sacreBLEU's test (Koehn, 2004): resample the sentences ``n_samples`` times (seed 12345 unless
+    ``$SACREBLEU_SEED`` says otherwise), score both systems on each resample, and report how
+    often the difference is as large as the real one. All outputs are in the order of
+    ``references``. A system whose outputs equal the baseline's gets p = 1 (sacreBLEU's test
+    would report its smallest p-value for a difference of exactly zero).
+    """
+    if isinstance(references, str) or not systems:
+        raise ValueError("paired_bootstrap needs a list of references and at least one system")
+    for name, hyps in {"baseline": baseline, **systems}.items():
+        if len(hyps) != len(references):
+            raise ValueError(f"{name}: {len(hyps)} outputs for {len(references)} references")
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    named = [("baseline", list(baseline)), *((name, list(h)) for name, h in systems.items())]
+    test = PairedTest(named, {"BLEU": BLEU()}, [list(references)], "bs", n_samples)
+    signatures, results = test()
+    base, *rest = results["BLEU"]
+    signature = str(signatures["BLEU"])
+    return {
+        name: PairedBootstrap(
+            base.score, r.score, 1.0 if list(systems[name]) == named[0][1] else r.p_value, signature
+        )
+        for name, r in zip(systems, rest, strict=True)
+    }
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 (lesson 01), ``multi_head_attention`` (02), ``positional_encoding`` (03),
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
 ``training`` (label smoothing, clipping, AdamW, EMA: 09), ``schedules`` (the warmup and cosine
-learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, top-p: 07 and 10)
-and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
+learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, top-p: 07 and 10),
+``evaluation`` (BLEU's n-gram matches: 10) and ``interpretability`` (a switched-off head,
+attention rollout, integrated gradients: 11); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -37,6 +38,11 @@ from tfx_course.checks.encoder import (
     check_parallel_block,
 )
 from tfx_course.checks.evaluation import check_ngram_matches
+from tfx_course.checks.interpretability import (
+    check_attention_rollout,
+    check_integrated_gradients,
+    check_mask_head,
+)
 from tfx_course.checks.multi_head_attention import (
     check_merge_heads,
     check_multi_head_attention,
@@ -80,6 +86,7 @@ __all__ = [
     "check_adamw_step",
     "check_alibi_bias",
     "check_attention",
+    "check_attention_rollout",
     "check_attention_scores",
     "check_beam_step",
     "check_byte_fallback",
@@ -93,9 +100,11 @@ __all__ = [
     "check_encoder_layer",
     "check_feed_forward",
     "check_greedy_decode",
+    "check_integrated_gradients",
     "check_label_smoothing",
     "check_layer_norm",
     "check_length_penalty",
+    "check_mask_head",
     "check_masked_softmax",
     "check_merge_heads",
     "check_merge_pair",

@@ -58,6 +58,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
         "ema_update",
     ),
     "10": ("length_penalty", "beam_step", "ngram_matches", "top_p_filter"),
+    "11": ("mask_head", "attention_rollout", "integrated_gradients"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

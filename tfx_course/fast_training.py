@@ -163,6 +163,7 @@ class FastRun:
     history: History
     timeline: list[dict[str, float]] = field(default_factory=list)  # step, seconds, tokens
     first_step_seconds: float | None = None  # mostly compilation, when compiled
+    trainer: FastTrainer | None = None  # the trainer, to keep stepping (its compiled graph too)
 
     def tokens_per_second(self, after_step: int = 0) -> float:
         """Target tokens per second from the first read at or after ``after_step`` to the end.
@@ -229,11 +230,8 @@ def fit_fast(
     seed_everything(config.seed)
     trainer = FastTrainer(model, config, compile, compile_options=compile_options)
     check_token_ids(batches, model.config.tgt_vocab_size)
-    staged, run, clock = (
-        _staged(batches, trainer.device),
-        FastRun(History()),
-        _Clock(trainer.device),
-    )
+    staged, clock = _staged(batches, trainer.device), _Clock(trainer.device)
+    run = FastRun(History(), trainer=trainer)
     counts = {id(b): b.num_tokens(trainer.pad_id) for b in staged}  # once, on the CPU
     model.train()
     tokens = 0

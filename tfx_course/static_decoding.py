@@ -59,15 +59,15 @@ class StaticDecodableModel(DecodableModel, Protocol):
 
 
 def capture_cuda_graph(
-    step: Callable[[], Tensor], cache: StaticDecoderCache, warmup: int = 2
+    step: Callable[[], Tensor], restore: Callable[[], None], warmup: int = 2
 ) -> Callable[[], Tensor]:
     """Record ``step`` as a CUDA graph; return a function that replays it and returns its output.
 
-    ``step`` reads and writes only fixed buffers (``cache`` and its own inputs). It runs
-    ``warmup`` times on a side stream first (PyTorch's recipe: lazy initialisations happen
-    outside the capture), then ``cache`` is put back as it was, so the first replay is step 1.
+    ``step`` must read and write only tensors that stay in place (the graph replays the same
+    kernels on the same addresses). It runs ``warmup`` times on a side stream first (PyTorch's
+    recipe: lazy initialisations happen outside the capture); then ``restore()`` undoes what
+    those runs changed, so the first replay is the first step.
     """
-    saved = cache.clone()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -77,7 +77,7 @@ def capture_cuda_graph(
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = step()
-    cache.load_(saved)
+    restore()
 
     def replay() -> Tensor:
         graph.replay()
@@ -102,7 +102,8 @@ class _StaticStepper:
         self.tokens = self.src.new_zeros(self.src.shape[0], 1)  # (B * k, 1): the step's input
         self.step = self._step
         if graphs:
-            self.step = capture_cuda_graph(self._step, self.cache)
+            saved = self.cache.clone()
+            self.step = capture_cuda_graph(self._step, lambda: self.cache.load_(saved))
 
     def _rows(self, src: Tensor) -> Tensor:
         index = torch.arange(src.shape[0], device=src.device).repeat_interleave(self.k)

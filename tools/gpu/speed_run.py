@@ -1,7 +1,7 @@
 """The GPU paths side by side in one run: the reference step against the fast one, decoding, a profile.
 
     PYTHONPATH=. python tools/gpu/speed_run.py --out results/speed        # one GPU, < 10 minutes
-    PYTHONPATH=. python tools/gpu/speed_run.py --smoke --out /tmp/speed    # every stage on a CPU
+    PYTHONPATH=. python tools/gpu/speed_run.py --smoke --out runs/speed_smoke  # every stage on a CPU
 
 Four stages, most important first. Each writes its file atomically as soon as it has
 something to say, and ``speed_summary.json`` is rewritten after every stage, so a run cut off

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("distributed", {"distributed"}),
     ("checkpoint", {"checkpoint"}),
     ("decoding, training", {"decoding", "training"}),
+    ("fast paths: static_decoding, fast_training", {"static_decoding", "fast_training"}),
     ("evaluation", {"evaluation"}),
     ("translation, pretrained", {"translation", "pretrained"}),
     ("Part III: interpret", {"interpret"}),

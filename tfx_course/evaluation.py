@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,10 @@ __all__ = [
     "clipped_ngram_matches",
     "exact_match",
 ]
+
+# decoding.translate's signature: (model, texts, src_tokenizer, tgt_tokenizer, max_len,
+# batch_size, beam_size, length_penalty, use_cache) -> texts. StaticDecoder.translate is another.
+Translator = Callable[..., list[str]]
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -186,12 +190,15 @@ def translate_by_length(
     max_len: int | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    translator: Translator = translate,
 ) -> list[str]:
     """Translate ``texts`` in batches of similar token length; return the outputs in input order.
 
     Sorting by the number of source tokens puts sentences of one length in one batch, so
     little of each batch is padding. Greedy, or beam search with ``beam_size`` beams and the
     GNMT ``length_penalty``; ``tgt_tokenizer`` defaults to ``tokenizer`` (a shared vocabulary).
+    ``translator`` decodes each batch (``decoding.translate``, or e.g. a
+    ``static_decoding.StaticDecoder``'s ``translate``).
     """
     if isinstance(texts, str):
         raise TypeError("translate_by_length expects a list of strings; wrap one text as [text]")
@@ -205,7 +212,7 @@ def translate_by_length(
             rows = order[first : first + batch_size]
             batch = [texts[i] for i in rows]
             args = (max_len, len(rows), beam_size, length_penalty, use_cache)
-            for i, text in zip(rows, translate(model, batch, tokenizer, tgt_tokenizer, *args), strict=True):  # fmt: skip
+            for i, text in zip(rows, translator(model, batch, tokenizer, tgt_tokenizer, *args), strict=True):  # fmt: skip
                 outputs[i] = text
             bar.update(len(rows))
     return outputs
@@ -223,13 +230,15 @@ def evaluate_translation(
     progress: bool = False,
     tgt_tokenizer: Tokenizer | None = None,
     use_cache: bool = True,
+    translator: Translator = translate,
 ) -> TranslationEvaluation:
     """Translate the source side of ``pairs`` and score it with sacreBLEU against the target side.
 
     ``method`` is "greedy" or "beam" (``beam_size`` beams, GNMT ``length_penalty``). Sentences
     are batched by length (``translate_by_length``) and returned in input order.
     ``tgt_tokenizer`` defaults to ``tokenizer`` (one shared vocabulary); ``max_len`` caps the
-    generated tokens (default: the model's ``config.max_len``).
+    generated tokens (default: the model's ``config.max_len``). ``translator`` decodes each
+    batch (see ``translate_by_length``).
     """
     if method not in ("greedy", "beam"):
         raise ValueError(f'method must be "greedy" or "beam", got {method!r}')
@@ -241,6 +250,7 @@ def evaluate_translation(
     hypotheses = translate_by_length(
         model, sources, tokenizer, tgt_tokenizer, beam_size=beams, length_penalty=length_penalty,
         batch_size=batch_size, max_len=max_len, use_cache=use_cache, progress=progress,
+        translator=translator,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     name = "greedy" if method == "greedy" else f"beam {beam_size}"

@@ -2,7 +2,15 @@
 
 from tfx_course.data import batching, bpe, bucketing, multi30k, subword, synthetic, tokenizers
 from tfx_course.data.batching import Seq2SeqBatch, make_batch, make_batches, pad_sequences
-from tfx_course.data.bucketing import PaddingStats, make_token_batches, padding_stats, token_batches
+from tfx_course.data.bucketing import (
+    PaddingStats,
+    bucket_lengths,
+    fixed_shape_batches,
+    make_fixed_shape_batches,
+    make_token_batches,
+    padding_stats,
+    token_batches,
+)
 from tfx_course.data.multi30k import (
     MULTI30K_FILES,
     ChecksumError,
@@ -30,8 +38,11 @@ __all__ += [
     "Multi30kError",
     "PaddingStats",
     "SubwordTokenizer",
+    "bucket_lengths",
     "download_multi30k",
+    "fixed_shape_batches",
     "load_multi30k",
+    "make_fixed_shape_batches",
     "make_token_batches",
     "padding_stats",
     "token_batches",

@@ -11,7 +11,8 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
 ``training`` (label smoothing, clipping, AdamW: 07 and 09), ``schedules`` (the warmup and
 cosine learning rates: 07 and 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10)
-and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
+``evaluation`` (BLEU's n-gram matches: 10) and ``efficiency`` (blockwise attention, gradient
+accumulation, a streaming batcher: 12); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -21,6 +22,11 @@ default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per 
 from tfx_course.checks.core import CheckFailed, CheckResult
 from tfx_course.checks.decoder import check_decoder_layer, check_target_mask
 from tfx_course.checks.decoding import check_beam_step, check_greedy_decode, check_length_penalty
+from tfx_course.checks.efficiency import (
+    check_accumulation_step,
+    check_blockwise_attention,
+    check_stream_batches,
+)
 from tfx_course.checks.encoder import check_encoder_layer, check_feed_forward
 from tfx_course.checks.evaluation import check_ngram_matches
 from tfx_course.checks.multi_head_attention import (
@@ -48,10 +54,12 @@ from tfx_course.checks.training import check_adamw_step, check_clip_grad_norm, c
 __all__ = [
     "CheckFailed",
     "CheckResult",
+    "check_accumulation_step",
     "check_adamw_step",
     "check_attention",
     "check_attention_scores",
     "check_beam_step",
+    "check_blockwise_attention",
     "check_causal_mask",
     "check_clip_grad_norm",
     "check_cosine_lr",
@@ -74,6 +82,7 @@ __all__ = [
     "check_pre_ln_residual",
     "check_sinusoidal_encoding",
     "check_split_heads",
+    "check_stream_batches",
     "check_target_mask",
     "check_warmup_schedule",
 ]

@@ -225,35 +225,60 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def compile_case(eager: Callable[[int], object], compiled: Callable[[int], object], repeats: int) -> dict:  # fmt: skip
+    """Time the first compiled call, two new lengths, then eager against compiled at T=32."""
+    first = timed(lambda: compiled(32))
+    second_length = timed(lambda: compiled(40))  # a new shape: compiled again, now dynamic
+    third_length = timed(lambda: compiled(48))
+    times = efficiency.best_times({"eager": lambda: eager(32), "compiled": lambda: compiled(32)}, repeats)  # fmt: skip
+    saved = times["eager"] - times["compiled"]
+    return {
+        "first_call_s": round(first, 2),
+        "second_length_s": round(second_length, 2),
+        "third_length_s": round(third_length, 2),
+        "eager_ms": ms(times["eager"]),
+        "compiled_ms": ms(times["compiled"]),
+        "break_even_calls": math.ceil(first / saved) if saved > 0 else None,
+    }
+
+
 def compile_cost(repeats: int) -> dict:
-    """Time torch.compile's first call (empty cache), a new shape, and steps before and after."""
+    """torch.compile on three workloads: a training step, inference, a step-by-step layer."""
     seed_everything(0)
     model = Transformer(dataclasses.replace(ModelConfig.course(6000, 6000), dropout=0.0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    compiled = torch.compile(model)
 
-    def step(net: nn.Module, T: int) -> None:
-        src = torch.randint(4, 6000, (32, T), generator=torch.Generator().manual_seed(T))
+    def tokens(T: int) -> torch.Tensor:
+        return torch.randint(4, 6000, (32, T), generator=torch.Generator().manual_seed(T))
+
+    def train(net: nn.Module, T: int) -> None:
+        src = tokens(T)
         loss = F.cross_entropy(net(src, src).flatten(0, 1), src.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    first = timed(lambda: step(compiled, 32))
-    second_shape = timed(lambda: step(compiled, 40))
-    third_shape = timed(lambda: step(compiled, 48))
-    times = efficiency.best_times({"eager": lambda: step(model, 32), "compiled": lambda: step(compiled, 32)}, repeats)  # fmt: skip
-    saved = times["eager"] - times["compiled"]
-    result = {
-        "model": "course size (d_model 128, 2 + 2 layers, vocab 6000), training step, B=32, T=32",
-        "first_call_s": round(first, 2),
-        "second_length_s": round(second_shape, 2),
-        "third_length_s": round(third_shape, 2),
-        "eager_step_ms": ms(times["eager"]),
-        "compiled_step_ms": ms(times["compiled"]),
-        "break_even_steps": math.ceil(first / saved) if saved > 0 else None,
-    }
-    print(f"compile: {result}")
+    @torch.no_grad()
+    def infer(net: nn.Module, T: int) -> None:
+        net(tokens(T), tokens(T))
+
+    layer = EncoderLayer(C, H, D_FF).eval()  # explicit attention, from-scratch LayerNorm
+    x = {T: torch.randn(32, T, C) for T in (32, 40, 48)}
+
+    @torch.no_grad()
+    def layer_forward(net: nn.Module, T: int) -> None:
+        net(x[T])
+
+    result = {"note": "course-size model (d_model 128, 2 + 2 layers, vocab 6000), B=32"}
+    for name, fn, net in (
+        ("training_step", train, model),
+        ("inference", infer, model.eval()),
+        ("step_by_step_layer", layer_forward, layer),
+    ):
+        compiled = torch.compile(net)
+        result[name] = compile_case(partial(fn, net), partial(fn, compiled), repeats)
+        print(f"compile {name}: {result[name]}", flush=True)
+        torch._dynamo.reset()  # the next workload starts from nothing compiled
     return result
 
 

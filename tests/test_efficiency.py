@@ -157,6 +157,21 @@ def test_count_flops_counts_matrix_products_exactly():
     assert efficiency.count_flops(attention, q, k, v) == 2 * (2 * 2 * 6 * 6 * 4)
 
 
+def test_count_operations_grows_with_a_python_loop_and_not_with_tensor_size():
+    cell = torch.nn.LSTMCell(4, 4)
+
+    def unrolled(x):
+        h = c = torch.zeros(x.shape[0], 4)
+        for t in range(x.shape[1]):
+            h, c = cell(x[:, t], (h, c))
+        return h
+
+    short, long = (efficiency.count_operations(unrolled, torch.randn(2, T, 4)) for T in (3, 6))
+    assert long - short == short - efficiency.count_operations(unrolled, torch.randn(2, 0, 4))
+    assert efficiency.count_operations(torch.matmul, torch.randn(5, 5), torch.randn(5, 5)) == 1
+    assert efficiency.count_operations(torch.matmul, torch.randn(50, 50), torch.randn(50, 50)) == 1
+
+
 def test_loglog_slope_recovers_a_power_law():
     xs = [16, 32, 64, 128]
     assert efficiency.loglog_slope(xs, [3 * x**2 for x in xs]) == pytest.approx(2.0)

@@ -44,6 +44,7 @@ __all__ = [
     "blockwise_attention",
     "TensorMemory",
     "tensor_memory",
+    "count_operations",
     "count_flops",
     "best_times",
     "loglog_slope",
@@ -174,6 +175,27 @@ def tensor_memory(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[An
     with tracker:
         result = fn(*args, **kwargs)
     return result, TensorMemory(tracker.peak, tracker.largest)
+
+
+class _OperationCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_operations(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """Return how many tensor operations (ATen calls, views included) ``fn(*args)`` runs.
+
+    Each is a step the program takes in order; on parallel hardware each is at least one
+    kernel launch, whatever the size of the tensors it works on.
+    """
+    with _OperationCounter() as counter:
+        fn(*args, **kwargs)
+    return counter.count
 
 
 def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:

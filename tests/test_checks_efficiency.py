@@ -208,7 +208,8 @@ BUGS = {
         (partial(_accumulate, bug="zero_inside"), "only the last one"),
         (partial(_accumulate, bug="no_zero"), "zero_grad() before the first"),
         (lambda m, micro, o, p: _accumulate(m, micro, o, p) * 2, "loss per token"),
-        (lambda m, micro, o, p: None, "did not change"),
+        (lambda m, micro, o, p: None, "returned NoneType"),
+        (lambda m, micro, o, p: 1.0, "did not change"),
     ],
     "stream_batches": [
         (partial(_stream, eager=True), "read before the first batch"),

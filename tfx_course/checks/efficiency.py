@@ -241,6 +241,10 @@ def _accumulation_steps(fn: Callable[..., Any], timeout: float | None) -> str:
     optimizer = torch.optim.SGD(learner.parameters(), lr=0.5)
     what = "accumulation_step(model, micro_batches, optimizer, pad_id=0)"
     loss = call(what, fn, learner, list(micro), optimizer, 0, timeout=timeout)
+    value = loss.item() if isinstance(loss, Tensor) and loss.numel() == 1 else loss
+    if not is_float(value):
+        raise Fail(f"{what} returned {type(loss).__name__}; return the loss per token of all "
+                   "micro-batches as a number, after the optimizer step")  # fmt: skip
     got = torch.cat([p.detach().flatten() for p in learner.parameters()])
     expected = torch.cat([p.detach().flatten() for p in reference.parameters()])
     if torch.equal(got, torch.cat([p.detach().flatten() for p in model.parameters()])):
@@ -252,8 +256,7 @@ def _accumulation_steps(fn: Callable[..., Any], timeout: float | None) -> str:
     total = sum(b.num_tokens() for b in micro)
     with torch.no_grad():
         expected_loss = sum(_summed_loss(model, b).item() for b in micro) / total
-    value = loss.item() if isinstance(loss, Tensor) and loss.numel() == 1 else loss
-    if not is_float(value) or abs(float(value) - expected_loss) > 1e-4:
+    if abs(float(value) - expected_loss) > 1e-4:
         raise Fail(f"{what} returned {loss!r}; return the loss per token of all micro-batches, "
                    f"{expected_loss:.4f} here (the summed losses divided by the total tokens)")  # fmt: skip
     return "one step on 3 micro-batches of different sizes equals one step on the whole batch"

@@ -172,6 +172,12 @@ def test_count_operations_grows_with_a_python_loop_and_not_with_tensor_size():
     assert efficiency.count_operations(torch.matmul, torch.randn(50, 50), torch.randn(50, 50)) == 1
 
 
+def test_best_times_reads_the_clock_it_is_given():
+    ticks = iter(range(100))
+    times = efficiency.best_times({"a": lambda: None}, repeats=3, clock=lambda: next(ticks) ** 2)
+    assert times == {"a": 1}  # readings 0, 1, 4, 9, 16, 25: the calls took 1, 5 and 9
+
+
 def test_loglog_slope_recovers_a_power_law():
     xs = [16, 32, 64, 128]
     assert efficiency.loglog_slope(xs, [3 * x**2 for x in xs]) == pytest.approx(2.0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -206,23 +206,29 @@ def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     return counter.get_total_flops()
 
 
-def best_times(fns: Mapping[str, Callable[[], Any]], repeats: int = 5) -> dict[str, float]:
+def best_times(
+    fns: Mapping[Hashable, Callable[[], Any]],
+    repeats: int = 5,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[Hashable, float]:
     """Return the fastest of ``repeats`` timed calls of each function, in seconds.
 
     Each runs once untimed first (warm-up); then the functions take turns in a rotating order,
     so that a busy moment of the machine hits all of them alike. The minimum is the run least
-    disturbed by other work, the most repeatable summary on a shared machine.
+    disturbed by other work, the most repeatable summary on a shared machine. ``clock`` is
+    wall time by default; ``time.thread_time`` counts only the CPU time of the calling thread,
+    which other programs sharing the core do not inflate (for one-thread work).
     """
     check_positive_int(repeats=repeats)
     names = list(fns)
     for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[Hashable, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start = clock()
             fns[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: min(t) for name, t in times.items()}
 
 

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("evaluation", {"evaluation"}),
     ("translation, pretrained", {"translation", "pretrained"}),
     ("Part III: interpret", {"interpret"}),
+    ("part III: efficiency", {"efficiency"}),
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),
     ("on top: grading", {"grading"}),
     ("on top: cli, the package", {"cli", "__init__"}),

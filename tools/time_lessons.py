@@ -120,6 +120,7 @@ TITLES = {
     "08": "tokenization and data",
     "09": "training",
     "10": "decoding and evaluation",
+    "12": "efficiency and scale",
 }
 
 

@@ -11,8 +11,9 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
 ``training`` (label smoothing, clipping, AdamW, EMA: 09), ``schedules`` (the warmup and cosine
 learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, top-p: 07 and 10),
-``evaluation`` (BLEU's n-gram matches: 10) and ``interpretability`` (a switched-off head,
-attention rollout, integrated gradients: 11); ``core`` holds what they share.
+``evaluation`` (BLEU's n-gram matches: 10), ``interpretability`` (a switched-off head,
+attention rollout, integrated gradients: 11) and ``efficiency`` (blockwise attention, gradient
+accumulation, a streaming batcher: 12); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -31,6 +32,11 @@ from tfx_course.checks.decoding import (
     check_length_penalty,
     check_sample_decode,
     check_top_p_filter,
+)
+from tfx_course.checks.efficiency import (
+    check_accumulation_step,
+    check_blockwise_attention,
+    check_stream_batches,
 )
 from tfx_course.checks.encoder import (
     check_encoder_layer,
@@ -83,12 +89,14 @@ from tfx_course.checks.training import (
 __all__ = [
     "CheckFailed",
     "CheckResult",
+    "check_accumulation_step",
     "check_adamw_step",
     "check_alibi_bias",
     "check_attention",
     "check_attention_rollout",
     "check_attention_scores",
     "check_beam_step",
+    "check_blockwise_attention",
     "check_byte_fallback",
     "check_causal_mask",
     "check_clip_grad_norm",
@@ -112,14 +120,15 @@ __all__ = [
     "check_multi_query_attention",
     "check_ngram_matches",
     "check_padding_mask",
-    "check_parallel_block",
     "check_pair_counts",
+    "check_parallel_block",
     "check_post_ln_residual",
-    "check_sample_decode",
     "check_pre_ln_residual",
     "check_rezero_residual",
+    "check_sample_decode",
     "check_sinusoidal_encoding",
     "check_split_heads",
+    "check_stream_batches",
     "check_target_mask",
     "check_top_p_filter",
     "check_warmup_schedule",

@@ -27,7 +27,7 @@ The probes turn the paper's Table 1 (Vaswani et al. 2017) into measurements:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from tfx_course.validation import check_positive_int, check_probability, is_int,
 
 __all__ = [
     "PROBE_KINDS",
+    "MODEL_KINDS",
     "RNNConfig",
     "luong_attention",
     "LuongAttention",
@@ -56,6 +57,7 @@ __all__ = [
     "ConvEncoderLayer",
     "ConvEncoder",
     "ConvTransformer",
+    "comparison_model",
     "receptive_radius",
     "probe_stack",
     "gradient_reach",
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 PROBE_KINDS = ("transformer", "lstm", "cnn")
+MODEL_KINDS = ("transformer", "lstm", "cnn")  # what ``comparison_model`` builds
 
 
 @dataclass(frozen=True)
@@ -425,6 +428,41 @@ class ConvTransformer(Transformer):
         nn.init.normal_(self.encoder.embed.embedding.weight, std=config.d_model**-0.5)
         with torch.no_grad():
             self.encoder.embed.embedding.weight[config.pad_id].zero_()
+
+
+# --- the comparison's models, at about equal parameter counts ----------------------------
+
+# The LSTM's width that gives about the Transformer's parameter count: 243,294 against
+# 239,518 with the 30-character vocabulary, 2,466,392 against 2,468,208 with 6,000 subwords.
+_LSTM_WIDTH = {"tiny": 84, "course": 146}
+
+
+def comparison_model(kind: str, vocab_size: int, size: str = "tiny", seed: int = 0) -> nn.Module:
+    """Return a seeded "transformer", "lstm" or "cnn" model of one size, all about as large.
+
+    ``size="tiny"``: ``ModelConfig.tiny`` without dropout and with the fused kernels (lesson
+    07's toy-task model) for the Transformer and the convolutional encoder, an LSTM of width
+    84. ``size="course"``: ``ModelConfig.course`` (the course checkpoint's shape, tied output
+    embedding) and an LSTM of width 146 with the same dropout and tying. One vocabulary
+    serves both sides.
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
+    if size not in _LSTM_WIDTH:
+        raise ValueError(f"size must be one of {tuple(_LSTM_WIDTH)}, got {size!r}")
+    check_positive_int(vocab_size=vocab_size)
+    if size == "tiny":
+        config = replace(ModelConfig.tiny(vocab_size, vocab_size), dropout=0.0, fused_attention=True)  # fmt: skip
+    else:
+        config = ModelConfig.course(vocab_size, vocab_size)
+    torch.manual_seed(seed)
+    if kind == "transformer":
+        return Transformer(config)
+    if kind == "cnn":
+        return ConvTransformer(config)
+    rnn = RNNConfig(vocab_size, vocab_size, d_model=_LSTM_WIDTH[size], dropout=config.dropout,
+                    max_len=config.max_len, tie_embeddings=config.tie_embeddings)  # fmt: skip
+    return LSTMSeq2Seq(rnn)
 
 
 # --- probes: the paper's Table 1, measured --------------------------------------------

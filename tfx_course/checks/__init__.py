@@ -10,8 +10,9 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 (lesson 01), ``multi_head_attention`` (02), ``positional_encoding`` (03),
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
 ``training`` (label smoothing, clipping, AdamW: 07 and 09), ``schedules`` (the warmup and
-cosine learning rates: 07 and 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10)
-and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
+cosine learning rates: 07 and 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10),
+``evaluation`` (BLEU's n-gram matches: 10) and ``rnn_vs_transformer`` (the LSTM decoder's
+attention step, the path-length measurement: 13); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -34,6 +35,7 @@ from tfx_course.checks.residual_and_layernorm import (
     check_post_ln_residual,
     check_pre_ln_residual,
 )
+from tfx_course.checks.rnn_vs_transformer import check_gradient_reach, check_rnn_attention_step
 from tfx_course.checks.schedules import check_cosine_lr, check_warmup_schedule
 from tfx_course.checks.self_attention import (
     check_attention,
@@ -59,6 +61,7 @@ __all__ = [
     "check_embed_tokens",
     "check_encoder_layer",
     "check_feed_forward",
+    "check_gradient_reach",
     "check_greedy_decode",
     "check_label_smoothing",
     "check_layer_norm",
@@ -72,6 +75,7 @@ __all__ = [
     "check_pair_counts",
     "check_post_ln_residual",
     "check_pre_ln_residual",
+    "check_rnn_attention_step",
     "check_sinusoidal_encoding",
     "check_split_heads",
     "check_target_mask",

@@ -46,6 +46,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "08": ("pair_counts", "merge_pair"),
     "09": ("clip_grad_norm", "adamw_step", "cosine_lr"),
     "10": ("length_penalty", "beam_step", "ngram_matches"),
+    "13": ("rnn_attention_step", "gradient_reach"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

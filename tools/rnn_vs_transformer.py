@@ -39,7 +39,7 @@ from tfx_course.data.subword import SubwordTokenizer
 from tfx_course.evaluation import evaluate_translation
 from tfx_course.files import write_json
 from tfx_course.pretrained import course_checkpoint_dir
-from tfx_course.training import evaluate, fit
+from tfx_course.training import evaluate, fit, make_optimizer, make_scheduler, train_step
 from tfx_course.translation import PRESETS, Preset, TranslationData, prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +132,36 @@ def train_one(kind: str, preset: Preset, data: TranslationData, n_slice: int) ->
     }
 
 
+def measure_speed(data: TranslationData, preset: Preset, rounds: int, steps: int) -> dict[str, Any]:
+    """Time training steps of every model back to back, in turns, on the same batches.
+
+    The training seconds of the run above depend on what else the machine ran meanwhile; here
+    every model gets ``rounds`` turns of ``steps`` steps, one model after the other, and keeps
+    its fastest turn, so all three are timed under the same conditions.
+    """
+    batches = data.train_batches[:steps]
+    tokens = sum(b.num_tokens(data.tokenizer.pad_id) for b in batches)
+    runs = {}
+    for kind in MODEL_KINDS:
+        model = comparison_model(kind, data.tokenizer.vocab_size, "course").train()
+        optimizer = make_optimizer(model, preset.train)
+        runs[kind] = (model, optimizer, make_scheduler(optimizer, preset.train))
+    best = dict.fromkeys(MODEL_KINDS, float("inf"))
+    for _ in range(rounds):
+        for kind, (model, optimizer, scheduler) in runs.items():
+            started = time.perf_counter()
+            for batch in batches:
+                train_step(model, batch, optimizer, scheduler, preset.train, data.tokenizer.pad_id)
+            best[kind] = min(best[kind], time.perf_counter() - started)
+    return {
+        "method": f"the fastest of {rounds} turns of {steps} training steps on the same batches, "
+        "the models taking turns",
+        "seconds_per_step": {k: round(v / steps, 3) for k, v in best.items()},
+        "tokens_per_second": {k: round(tokens / v, 1) for k, v in best.items()},
+        "load_average": list(os.getloadavg()),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=400, help="optimizer steps per model (400)")
@@ -142,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODEL_KINDS), choices=MODEL_KINDS)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "rnn_vs_transformer.json")
     p.add_argument("--force", action="store_true", help="retrain models already in --out")
+    p.add_argument("--speed-rounds", type=int, default=3, help="turns of the speed test (3)")
+    p.add_argument("--speed-steps", type=int, default=10, help="steps per turn (10; 0: skip it)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = recipe(args.steps, args.eval_every, args.max_tokens)
@@ -169,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         results["models"][kind] = train_one(kind, preset, data, args.slice)
         write_json(args.out, results)  # after every model: a stopped run keeps what it finished
+    if args.speed_steps and set(results["models"]) == set(MODEL_KINDS):
+        results["speed"] = measure_speed(data, preset, args.speed_rounds, args.speed_steps)
+        print("seconds per step:", results["speed"]["seconds_per_step"])
+        write_json(args.out, results)
     return 0
 
 

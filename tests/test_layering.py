@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("translation, pretrained", {"translation", "pretrained"}),
     ("Part III: interpret", {"interpret"}),
     ("part III: efficiency", {"efficiency"}),
+    ("Part III: the lessons' experiments", {"baselines"}),
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),
     ("on top: grading", {"grading"}),
     ("on top: cli, the package", {"cli", "__init__"}),

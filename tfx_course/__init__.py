@@ -15,6 +15,7 @@ Usage in the notebooks: ``import tfx_course as tfx`` and qualified names, e.g.
 
 from tfx_course import (
     attention,
+    baselines,
     checkpoint,
     checks,
     data,
@@ -48,6 +49,7 @@ def __getattr__(name: str):  # noqa: ANN202 - PEP 562 module attribute hook
 __all__ = [
     "__version__",
     "attention",
+    "baselines",
     "checkpoint",
     "checks",
     "data",

@@ -121,6 +121,7 @@ TITLES = {
     "09": "training",
     "10": "decoding and evaluation",
     "12": "efficiency and scale",
+    "13": "Transformer vs RNN and CNN",
 }
 
 

@@ -12,8 +12,9 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 ``training`` (label smoothing, clipping, AdamW, EMA: 09), ``schedules`` (the warmup and cosine
 learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, top-p: 07 and 10),
 ``evaluation`` (BLEU's n-gram matches: 10), ``interpretability`` (a switched-off head,
-attention rollout, integrated gradients: 11) and ``efficiency`` (blockwise attention, gradient
-accumulation, a streaming batcher: 12); ``core`` holds what they share.
+attention rollout, integrated gradients: 11), ``efficiency`` (blockwise attention, gradient
+accumulation, a streaming batcher: 12) and ``rnn_vs_transformer`` (the LSTM decoder's attention
+step, the path-length measurement: 13); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -66,6 +67,7 @@ from tfx_course.checks.residual_and_layernorm import (
     check_pre_ln_residual,
     check_rezero_residual,
 )
+from tfx_course.checks.rnn_vs_transformer import check_gradient_reach, check_rnn_attention_step
 from tfx_course.checks.schedules import check_cosine_lr, check_warmup_schedule
 from tfx_course.checks.self_attention import (
     check_attention,
@@ -107,6 +109,7 @@ __all__ = [
     "check_embed_tokens",
     "check_encoder_layer",
     "check_feed_forward",
+    "check_gradient_reach",
     "check_greedy_decode",
     "check_integrated_gradients",
     "check_label_smoothing",
@@ -125,6 +128,7 @@ __all__ = [
     "check_post_ln_residual",
     "check_pre_ln_residual",
     "check_rezero_residual",
+    "check_rnn_attention_step",
     "check_sample_decode",
     "check_sinusoidal_encoding",
     "check_split_heads",

@@ -60,6 +60,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "10": ("length_penalty", "beam_step", "ngram_matches", "top_p_filter"),
     "11": ("mask_head", "attention_rollout", "integrated_gradients"),
     "12": ("blockwise_attention", "accumulation_step", "stream_batches"),
+    "13": ("rnn_attention_step", "gradient_reach"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tfx_course.cli import main
-from tfx_course.data import multi30k
+from tfx_course.data import download, multi30k
 from tfx_course.data.multi30k import (
     ChecksumError,
     DownloadError,
@@ -177,7 +177,7 @@ def test_interrupted_download_leaves_no_file(tmp_path, server):
 
 
 def test_ctrl_c_during_a_download_leaves_no_file(tmp_path, server, monkeypatch):
-    real_urlopen = multi30k.urllib.request.urlopen
+    real_urlopen = download.urllib.request.urlopen
 
     class Interrupted:
         def __init__(self, response) -> None:
@@ -196,7 +196,7 @@ def test_ctrl_c_during_a_download_leaves_no_file(tmp_path, server, monkeypatch):
             self.response.close()
 
     monkeypatch.setattr(
-        multi30k.urllib.request, "urlopen", lambda *a, **kw: Interrupted(real_urlopen(*a, **kw))
+        download.urllib.request, "urlopen", lambda *a, **kw: Interrupted(real_urlopen(*a, **kw))
     )
     with pytest.raises(KeyboardInterrupt):
         _download(tmp_path, server)
@@ -237,7 +237,7 @@ def test_corrupt_file_is_named_removed_and_fetched_again(tmp_path, server, capsy
 
 def test_corrupt_file_in_a_read_only_folder_is_left_and_explained(tmp_path, monkeypatch):
     folder = _place(tmp_path, {**FILES, "train.de.gz": b"not the file"})
-    monkeypatch.setattr(multi30k, "_writable", lambda folder: False)
+    monkeypatch.setattr(download, "_writable", lambda folder: False)
     with pytest.raises(ChecksumError, match="read-only") as err:
         load_multi30k("train", tmp_path, checksums=SUMS)
     assert "TFX_COURSE_DATA" in str(err.value) and "train.de.gz" in str(err.value)
@@ -297,8 +297,8 @@ def test_line_counts_must_match(tmp_path):
 def test_each_file_is_hashed_once(tmp_path, monkeypatch):
     _place(tmp_path, FILES)
     calls = []
-    real = multi30k.sha256_file
-    monkeypatch.setattr(multi30k, "sha256_file", lambda path: calls.append(path) or real(path))
+    real = download.sha256_file
+    monkeypatch.setattr(download, "sha256_file", lambda path: calls.append(path) or real(path))
     for _ in range(3):
         load_multi30k("train", tmp_path, checksums=SUMS)
     assert len(calls) == 2  # train.de.gz and train.en.gz, the first time only

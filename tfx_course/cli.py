@@ -17,41 +17,59 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if (args.strict and report.problems) else 0
 
 
-def _data_download(args: argparse.Namespace) -> int:
-    from tfx_course.data.multi30k import Multi30kError, download_multi30k
+DATASETS = ("multi30k", "tatoeba")
 
-    try:
-        folder = download_multi30k(args.root, force=args.force)
-    except Multi30kError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"Multi30k: all files present and verified in {folder}")
+
+def _data_sets(choice: str) -> list[tuple[str, object, object, object]]:
+    """Return (name, download, status, folder) of each data set ``choice`` names ("all": every one)."""
+    from tfx_course.data import multi30k, tatoeba
+
+    known = {
+        "multi30k": ("Multi30k", multi30k.download_multi30k, multi30k.multi30k_status, multi30k.multi30k_folder),
+        "tatoeba": ("Tatoeba", tatoeba.download_tatoeba, tatoeba.tatoeba_status, tatoeba.tatoeba_folder),
+    }  # fmt: skip
+    return [known[name] for name in (DATASETS if choice == "all" else (choice,))]
+
+
+def _data_download(args: argparse.Namespace) -> int:
+    from tfx_course.data.download import DataError
+
+    for name, download, _, _ in _data_sets(args.dataset):
+        try:
+            folder = download(args.root, force=args.force)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"{name}: all files present and verified in {folder}")
     return 0
 
 
 def _data_status(args: argparse.Namespace) -> int:
-    from tfx_course.data.multi30k import multi30k_folder, multi30k_status
-
-    states = multi30k_status(args.root)
-    print(f"Multi30k folder: {multi30k_folder(args.root)}")
-    for name, state in states.items():
-        print(f"  {state:<8} {name}")
-    bad = [name for name, state in states.items() if state != "ok"]
+    bad = []
+    for name, _, status, folder in _data_sets(args.dataset):
+        states = status(args.root)
+        print(f"{name} folder: {folder(args.root)}")
+        for file, state in states.items():
+            print(f"  {state:<8} {file}")
+        bad += [file for file, state in states.items() if state != "ok"]
     if bad:
         print("Fix: run `tfx-course data download` (needs internet), or copy good files there.")
     return 1 if bad else 0
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="download and check the course data (Multi30k)")
+    data = sub.add_parser("data", help="download and check the course data (Multi30k, Tatoeba)")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    root_help = "data folder holding multi30k/ (default: $TFX_COURSE_DATA or ~/.cache/tfx_course)"
+    root_help = "data folder holding multi30k/ and tatoeba-fra-eng/ (default: $TFX_COURSE_DATA or ~/.cache/tfx_course)"  # fmt: skip
+    set_help = "which data set (default: all of them)"
     p = data_sub.add_parser("download", help="fetch missing or corrupt files, check their sha256")
     p.add_argument("--root", default=None, help=root_help)
     p.add_argument("--force", action="store_true", help="download every file again")
+    p.add_argument("--dataset", choices=[*DATASETS, "all"], default="all", help=set_help)
     p.set_defaults(func=_data_download)
     p = data_sub.add_parser("status", help="say which files are ok, missing or corrupt")
     p.add_argument("--root", default=None, help=root_help)
+    p.add_argument("--dataset", choices=[*DATASETS, "all"], default="all", help=set_help)
     p.set_defaults(func=_data_status)
 
 

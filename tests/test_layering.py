@@ -29,6 +29,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("decoding, training", {"decoding", "training"}),
     ("evaluation", {"evaluation"}),
     ("translation, pretrained", {"translation", "pretrained"}),
+    (
+        "experiments: diagnosis, tuning, transfer, low resource",
+        {"diagnosis", "tuning", "transfer", "lowresource"},
+    ),  # fmt: skip
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),
     ("on top: grading", {"grading"}),
     ("on top: cli, the package", {"cli", "__init__"}),

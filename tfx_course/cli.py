@@ -187,6 +187,29 @@ def _add_translate_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_translate)
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from tfx_course.diagnosis import diagnose
+
+    try:
+        history = json.loads(Path(args.history).read_text(encoding="utf-8"))
+        found = diagnose(history)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+        print(f"error: {args.history}: {err}", file=sys.stderr)
+        return 2
+    print(found)
+    return 0 if found.symptom == "healthy" else 1
+
+
+def _add_diagnose_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diagnose",
+        help="read a run's history.json and name its symptom (diverged, unstable, plateau, "
+        "overfitting or healthy); exit 0 if healthy, 1 if not",
+    )
+    p.add_argument("history", help="a history.json written by tfx-course train (History.to_dict())")
+    p.set_defaults(func=_diagnose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfx-course", description="Helpers for the tfx_course Transformer course."
@@ -198,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_train_command(sub)
     _add_translate_command(sub)
+    _add_diagnose_command(sub)
     from tfx_course.grading.cli import add_commands as add_grade_commands
 
     add_grade_commands(sub)

@@ -8,11 +8,10 @@ from a local HTTP server, so they never touch the network.
 import gzip
 import hashlib
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fake_server import FakeServer
 
 from tfx_course.cli import main
 from tfx_course.data import download, multi30k
@@ -93,51 +92,14 @@ FILES = _fake_files()
 SUMS = {name: hashlib.sha256(data).hexdigest() for name, data in FILES.items()}
 
 
-class _Server:
-    """Serve ``files`` on 127.0.0.1; names in ``truncate`` get only half their bytes."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files, self.truncate, self.requests = dict(files), set(), []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                name = self.path.rsplit("/", 1)[-1]
-                server.requests.append(name)
-                if name not in server.files:
-                    self.send_error(404)
-                    return
-                data = server.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if name in server.truncate:  # the connection drops half-way
-                    self.wfile.write(data[: len(data) // 2])
-                    self.close_connection = True
-                else:
-                    self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/raw/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    s = _Server(FILES)
+    s = FakeServer(FILES)
     yield s
     s.close()
 
 
-def _download(root: Path, server: _Server, **kw) -> Path:
+def _download(root: Path, server: FakeServer, **kw) -> Path:
     return download_multi30k(root, base_url=server.url, checksums=SUMS, progress=False, **kw)
 
 

@@ -161,7 +161,11 @@ _CACHE: dict[tuple[str, int, int], dict[str, list[tuple[str, str]]]] = {}
 
 
 def load_tatoeba(
-    split: str, root: str | os.PathLike | None = None, *, download: bool = False
+    split: str,
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool = False,
+    checksums: dict[str, str] = TATOEBA_FILES,
 ) -> list[tuple[str, str]]:
     """Return the (French, English) pairs of ``split``: "train", "val" or "test", in file order.
 
@@ -171,8 +175,8 @@ def load_tatoeba(
     if split not in TATOEBA_SPLITS:
         raise ValueError(f"unknown Tatoeba split {split!r}; choose one of {list(TATOEBA_SPLITS)}")
     if download:
-        download_tatoeba(root)
-    files = _files()
+        download_tatoeba(root, checksums=checksums)
+    files = _files(checksums=checksums)
     folder = require_files(files, list(files.checksums), root, f"Tatoeba split {split!r}")
     path = folder / "fra-eng.zip"
     stat = path.stat()

@@ -38,6 +38,7 @@ __all__ = [
     "Diagnosis",
     "diagnose",
     "smooth",
+    "overfitting_start",
     "padding_changes_output",
     "tokenizer_mismatch",
 ]
@@ -48,7 +49,7 @@ PLATEAU_DROP = 0.10  # the smoothed loss fell by less than 10% of where it start
 EARLY_RISE = 0.02  # in the first tenth of the run the loss rose 2% above the first step's
 STALLED_DROP = 0.40  # ... and the run ended less than 40% below where it started
 SPIKE = 0.25  # later, the smoothed loss climbed 25% above the best it had reached
-OVERFIT_RISE = 0.05  # validation loss ended 5% (and at least 0.02) above its minimum
+OVERFIT_RISE = 0.05  # the validation loss ended 5% above its minimum
 
 
 @dataclass(frozen=True)
@@ -157,31 +158,50 @@ def _plateau(s: dict[str, float]) -> Diagnosis | None:
     )
 
 
+def overfitting_start(
+    history: History, tolerance: float = OVERFIT_RISE, window: int = 10
+) -> int | None:
+    """Return the validation step where overfitting starts, or None if the history shows none.
+
+    That is the step of the lowest validation loss (the first, on a tie), provided the last
+    validation loss lies more than ``tolerance`` (relative) above it and the training loss fell
+    meanwhile: its mean over the ``window`` steps up to the end is below its mean over the
+    ``window`` steps up to that validation step.
+    """
+    if len(history.val_loss) < 2:
+        return None
+    best = min(range(len(history.val_loss)), key=history.val_loss.__getitem__)
+    low, last = history.val_loss[best], history.val_loss[-1]
+    if last <= low * (1 + tolerance):
+        return None
+    step = history.val_step[best]
+    before = [v for s, v in zip(history.step, history.loss, strict=True) if s <= step][-window:]
+    if not before or sum(history.loss[-window:]) / len(history.loss[-window:]) >= sum(before) / len(before):  # fmt: skip
+        return None  # the training loss rose too: not overfitting, something else
+    return step
+
+
 def _overfitting(h: History) -> Diagnosis | None:
-    if len(h.val_loss) < 3:
+    window = max(1, len(h.loss) // 20)
+    step = overfitting_start(h, OVERFIT_RISE, window) if len(h.val_loss) >= 3 else None
+    if step is None:
         return None
-    best = min(range(len(h.val_loss)), key=h.val_loss.__getitem__)
-    low, last = h.val_loss[best], h.val_loss[-1]
-    rise = last - low
-    if best == len(h.val_loss) - 1 or rise < max(OVERFIT_RISE * low, 0.02):
-        return None
-    at_best, at_end = _train_loss_near(h, h.val_step[best]), _train_loss_near(h, h.val_step[-1])
-    if at_end >= at_best:  # training loss rose too: not overfitting, something else
-        return None
+    low, last = h.val_loss[h.val_step.index(step)], h.val_loss[-1]
+    at_best = _mean_up_to(h, step, window)
+    at_end = _mean_up_to(h, h.step[-1], window)
     return Diagnosis(
         "overfitting",
-        f"the validation loss rose from {low:.3g} at step {h.val_step[best]} to {last:.3g} at "
-        f"step {h.val_step[-1]} while the training loss fell from {at_best:.3g} to "
-        f"{at_end:.3g}. The model memorises its training set: more data, more dropout, a smaller "
-        f"model, or stop at step {h.val_step[best]} (keep the best checkpoint).",
-        {"best_step": h.val_step[best], "best_val_loss": low, "last_val_loss": last,
+        f"the validation loss rose from {low:.3g} at step {step} to {last:.3g} at step "
+        f"{h.val_step[-1]} while the training loss fell from {at_best:.3g} to {at_end:.3g}. "
+        "The model memorises its training set: more data, more dropout, a smaller model, or "
+        f"stop at step {step} (keep the best checkpoint).",
+        {"best_step": step, "best_val_loss": low, "last_val_loss": last,
          "train_loss_at_best": at_best, "train_loss_at_end": at_end},
     )  # fmt: skip
 
 
-def _train_loss_near(h: History, step: int) -> float:
-    """Return the mean training loss over the steps up to ``step`` in one smoothing window."""
-    window = max(1, len(h.loss) // 20)
+def _mean_up_to(h: History, step: int, window: int) -> float:
+    """Return the mean training loss over the ``window`` steps up to ``step``."""
     upto = [v for s, v in zip(h.step, h.loss, strict=True) if s <= step][-window:]
     return sum(upto) / len(upto)
 

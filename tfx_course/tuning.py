@@ -8,7 +8,8 @@ space, so the same ``run_trial`` serves both. The knobs are the names of ``Train
 ...), plus ``n_layers`` (encoder and decoder alike); ``d_model`` keeps ``d_ff = 4 * d_model``.
 
 ``lr_range_test`` is Smith's learning-rate range test (2017): train for a few steps while the
-rate grows exponentially, record the loss, and ``suggest_lr`` reads a good peak rate off it.
+rate grows exponentially, record the smoothed loss, and read a good peak rate off it
+(``range_test_step`` makes the one-step trainer it calls from a model and its batches).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import copy
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,8 @@ __all__ = [
     "configs_for",
     "run_trial",
     "suggest",
+    "range_test_step",
     "lr_range_test",
-    "suggest_lr",
 ]
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -127,56 +128,55 @@ def suggest(trial: Any, space: Mapping[str, tuple]) -> dict[str, Any]:
     return params
 
 
+def range_test_step(
+    model: nn.Module, batches: Sequence[Seq2SeqBatch], config: TrainConfig | None = None
+) -> Callable[[float], float]:
+    """Return ``train_step(lr) -> loss`` for a range test: one AdamW step of a copy of ``model``.
+
+    Each call trains on the next batch of ``batches``; ``model`` itself is left untouched.
+    """
+    config = config or TrainConfig(lr=1.0, warmup_steps=0, schedule="constant", clip_norm=None)
+    net = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=config.betas, eps=config.eps)  # fmt: skip
+    keep = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # the rate is set by hand
+    calls = itertools.count()
+
+    def step(lr: float) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = batches[next(calls) % len(batches)].to(net.device)
+        return train_step(net, batch, optimizer, keep, config, net.config.pad_id)[0]
+
+    return step
+
+
 def lr_range_test(
-    model: nn.Module,
-    batches: Sequence[Seq2SeqBatch],
+    train_step: Callable[[float], float],
     start_lr: float = 1e-6,
     end_lr: float = 1.0,
     num_steps: int = 100,
-    config: TrainConfig | None = None,
-) -> tuple[list[float], list[float]]:
-    """Train a copy of ``model`` while the rate grows from ``start_lr`` to ``end_lr``; return both.
+    beta: float = 0.9,
+) -> tuple[list[float], list[float], float]:
+    """Smith's range test: return the rates tried, the smoothed losses and a suggested peak rate.
 
-    Step i uses ``start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``. The test stops
-    early once the loss is not finite or above 4 times the lowest loss so far. ``model`` itself
-    is left untouched.
+    Step i (from 0) trains at ``start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``. The
+    loss is smoothed with an exponential moving average, bias-corrected:
+    ``avg = beta * avg + (1 - beta) * loss`` and ``smoothed = avg / (1 - beta ** (i + 1))``. The
+    test stops after the first step whose smoothed loss is not finite or exceeds 4 times the
+    lowest so far (the run has diverged). The suggestion is a tenth of the rate at the lowest
+    smoothed loss: safely below where the loss turns up.
     """
     if not 0 < start_lr < end_lr or num_steps < 2:
         raise ValueError("need 0 < start_lr < end_lr and num_steps >= 2")
-    config = config or TrainConfig(lr=1.0, max_steps=num_steps, warmup_steps=0, schedule="constant")  # fmt: skip
-    net = copy.deepcopy(model).train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=start_lr, betas=config.betas, eps=config.eps)
-    keep = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # the rate is set by hand
-    lrs, losses, best = [], [], math.inf
+    lrs, smoothed, avg, best, best_lr = [], [], 0.0, math.inf, start_lr
     for i in range(num_steps):
         lr = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = batches[i % len(batches)].to(net.device)
-        loss, _, _ = train_step(net, batch, optimizer, keep, config, net.config.pad_id)
+        avg = beta * avg + (1 - beta) * train_step(lr)
+        value = avg / (1 - beta ** (i + 1))
         lrs.append(lr)
-        losses.append(loss)
-        if not math.isfinite(loss) or loss > 4 * best:
+        smoothed.append(value)
+        if not math.isfinite(value) or value > 4 * best:
             break
-        best = min(best, loss)
-    return lrs, losses
-
-
-def suggest_lr(lrs: Sequence[float], losses: Sequence[float], beta: float = 0.9) -> float:
-    """Return a tenth of the rate at which the smoothed loss of a range test is lowest.
-
-    The loss is smoothed with an exponential moving average with bias correction
-    (``avg / (1 - beta ** (i + 1))``), and the curve is cut where it first exceeds 4 times its
-    lowest value (the run has diverged).
-    """
-    if len(lrs) != len(losses) or not lrs:
-        raise ValueError("lrs and losses must be two non-empty lists of the same length")
-    avg, best, best_lr = 0.0, math.inf, lrs[0]
-    for i, (lr, loss) in enumerate(zip(lrs, losses, strict=True)):
-        avg = beta * avg + (1 - beta) * loss
-        smoothed = avg / (1 - beta ** (i + 1))
-        if not math.isfinite(smoothed) or smoothed > 4 * best:
-            break
-        if smoothed < best:
-            best, best_lr = smoothed, lr
-    return best_lr / 10
+        if value < best:
+            best, best_lr = value, lr
+    return lrs, smoothed, best_lr / 10

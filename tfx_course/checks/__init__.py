@@ -11,7 +11,8 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
 ``training`` (label smoothing, clipping, AdamW: 07 and 09), ``schedules`` (the warmup and
 cosine learning rates: 07 and 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10)
-and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
+``evaluation`` (BLEU's n-gram matches: 10) and ``tuning`` (the learning-rate range test, an
+overfitting detector, nested subsets: 14); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -44,6 +45,11 @@ from tfx_course.checks.self_attention import (
 )
 from tfx_course.checks.tokenization import check_merge_pair, check_pair_counts
 from tfx_course.checks.training import check_adamw_step, check_clip_grad_norm, check_label_smoothing
+from tfx_course.checks.tuning import (
+    check_lr_range_test,
+    check_nested_subsets,
+    check_overfitting_step,
+)
 
 __all__ = [
     "CheckFailed",
@@ -63,11 +69,14 @@ __all__ = [
     "check_label_smoothing",
     "check_layer_norm",
     "check_length_penalty",
+    "check_lr_range_test",
     "check_masked_softmax",
     "check_merge_heads",
     "check_merge_pair",
     "check_multi_head_attention",
+    "check_nested_subsets",
     "check_ngram_matches",
+    "check_overfitting_step",
     "check_padding_mask",
     "check_pair_counts",
     "check_post_ln_residual",

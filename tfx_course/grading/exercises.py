@@ -46,6 +46,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "08": ("pair_counts", "merge_pair"),
     "09": ("clip_grad_norm", "adamw_step", "cosine_lr"),
     "10": ("length_penalty", "beam_step", "ngram_matches"),
+    "14": ("lr_range_test", "overfitting_step", "nested_subsets"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

@@ -6,20 +6,22 @@
 Part 1, Multi30k German to English. Nested training subsets of 1,000, 4,000, 16,000 and 29,000
 pairs (``tfx.data.nested_subsets``, seed 0); for each, a shared BPE vocabulary of 2,000 ids
 trained on that subset, a small model (d_model 64, 2 + 2 layers, d_ff 256, dropout 0.1) and a
-fixed budget of 600 steps of at most 1,024 tokens; greedy sacreBLEU on the first 300 sentences
+fixed budget of 600 steps of at most 1,024 tokens (peak learning rate 1e-2, the best of the
+sweeps in tools/tuning_sweeps.py); greedy sacreBLEU on the first 300 sentences
 of test2016. At 1,000 pairs, three changes the low-resource literature recommends, one at a
 time: a smaller model (d_model 32), more dropout (0.3), a smaller vocabulary (500).
 
 Part 2, Tatoeba French to English: 4,000 training pairs (seed 0), the first 500 validation
-pairs, 1,000 test pairs (seed 0); the course checkpoint's shape (d_model 128, 2 + 2 layers,
-d_ff 512, tied target embedding) trained for 300 steps. The French side gets its own BPE of
+pairs, 500 test pairs (seed 0); the course checkpoint's shape (d_model 128, 2 + 2 layers,
+d_ff 512, tied target embedding) trained for 200 steps. The French side gets its own BPE of
 2,000 ids. Runs: from scratch with a 2,000-id English BPE of its own; from scratch with the
 course's English vocabulary; the course decoder transferred (``tfx.transfer.transfer_parts``:
 decoder layers, target embedding and output layer, with the course vocabulary); the decoder
 and the encoder layers transferred.
 
-Writes ``results/low_resource_multi30k.json`` and ``results/low_resource_tatoeba.json``: the
-set-up, the machine, its load, the wall time, and every run's BLEU, validation loss and curves.
+Writes ``results/low_resource_sizes.json``, ``..._helps.json`` and ``..._tatoeba.json`` (one
+per part; ``--part`` runs one, so the three can run side by side): the set-up, the machine, its
+load, the wall time, and every run's BLEU, validation loss and curves.
 """
 
 from __future__ import annotations
@@ -44,13 +46,14 @@ from tfx_course.training import TrainConfig
 from tfx_course.transfer import transfer_parts
 
 ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("sizes", "helps", "tatoeba")  # each writes results/low_resource_<part>.json
 SIZES = [1000, 4000, 16000, 29000]
-TRAIN = TrainConfig(lr=3e-3, max_steps=600, warmup_steps=60, schedule="cosine",
+TRAIN = TrainConfig(lr=1e-2, max_steps=600, warmup_steps=60, schedule="cosine",
                     label_smoothing=0.1, log_every=10)  # fmt: skip
 HELPS = {"smaller model (d_model 32)": ({"d_model": 32, "d_ff": 128}, 2000),
          "more dropout (0.3)": ({"dropout": 0.3}, 2000),
          "smaller vocabulary (500)": ({}, 500)}  # fmt: skip
-TATOEBA_TRAIN = TrainConfig(lr=2e-3, max_steps=300, warmup_steps=30, schedule="cosine",
+TATOEBA_TRAIN = TrainConfig(lr=2e-3, max_steps=200, warmup_steps=20, schedule="cosine",
                             label_smoothing=0.1, log_every=10)  # fmt: skip
 
 
@@ -66,13 +69,14 @@ def summary(result: dict, **extra: object) -> dict:
     return {**extra, **result, "loss": h.loss, "val_step": h.val_step}
 
 
-def multi30k_runs(sizes: list[int], train: TrainConfig, n_test: int) -> list[dict]:
-    """Part 1: one run per training-set size, then the three changes at the smallest size."""
+def multi30k_runs(sizes: list[int], train: TrainConfig, n_test: int, helps: bool) -> list[dict]:
+    """Part 1: one run per training-set size, or (``helps``) the three changes at the smallest."""
     pool = load_multi30k("train")
     subsets = nested_subsets(pool, [min(s, len(pool)) for s in sizes], seed=0)
     val, test = load_multi30k("val")[:500], load_multi30k("test2016")[:n_test]
     plans = [(size, "baseline", {}, 2000) for size in sorted(subsets)]
-    plans += [(min(subsets), name, changes, vocab) for name, (changes, vocab) in HELPS.items()]
+    if helps:
+        plans = [(min(subsets), name, changes, vocab) for name, (changes, vocab) in HELPS.items()]
     runs = []
     for size, name, changes, vocab in plans:
         data = prepare_pairs(subsets[size], val, vocab_size=vocab, max_tokens=1024)
@@ -123,31 +127,34 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "results", help="folder for the JSON files")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 4 steps: a smoke test")
-    p.add_argument("--part", choices=["all", "multi30k", "tatoeba"], default="all")
+    p.add_argument("--part", choices=["all", *PARTS], default="all", help="one part, or all three")
+    p.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="training-set sizes (sizes)")
+    p.add_argument("--tag", default="", help="appended to the file name: runs side by side")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     steps = {"max_steps": 4, "warmup_steps": 2} if args.quick else {}
-    if args.part in ("all", "multi30k"):
+    for part in PARTS if args.part == "all" else [args.part]:
         start, load = time.perf_counter(), os.getloadavg()[0]
-        sizes = [60, 120] if args.quick else SIZES
-        runs = multi30k_runs(sizes, dataclasses.replace(TRAIN, **steps), 20 if args.quick else 300)
-        write_json(args.out / "low_resource_multi30k.json", {
-            "sizes": sizes, "train": TRAIN.to_dict(), "model": dataclasses.asdict(small_model(2000)),
-            "bleu_on": "first 300 sentences of test2016, greedy, cased sacreBLEU",
-            "machine": _machine(load), "torch": torch.__version__,
+        if part == "tatoeba":
+            n_train, n_test = (100, 20) if args.quick else (4000, 500)
+            runs = tatoeba_runs(n_train, dataclasses.replace(TATOEBA_TRAIN, **steps), n_test)
+            setup = {"train_pairs": n_train, "val_pairs": 500, "test_pairs": n_test,
+                     "train": TATOEBA_TRAIN.to_dict(),
+                     "bleu_on": f"{n_test} Tatoeba test pairs (seed 0), greedy, cased sacreBLEU"}  # fmt: skip
+        else:
+            sizes = [60, 120] if args.quick else args.sizes
+            n_test = 20 if args.quick else 300
+            runs = multi30k_runs(
+                sizes, dataclasses.replace(TRAIN, **steps), n_test, part == "helps"
+            )
+            setup = {"sizes": sizes, "train": TRAIN.to_dict(), "model": dataclasses.asdict(small_model(2000)),
+                     "bleu_on": f"first {n_test} sentences of test2016, greedy, cased sacreBLEU"}  # fmt: skip
+        name = f"low_resource_{part}{args.tag}.json"
+        write_json(args.out / name, {
+            **setup, "machine": _machine(load), "torch": torch.__version__,
             "wall_minutes": round((time.perf_counter() - start) / 60, 1), "runs": runs,
         })  # fmt: skip
-    if args.part in ("all", "tatoeba"):
-        start, load = time.perf_counter(), os.getloadavg()[0]
-        n_train, n_test = (100, 20) if args.quick else (4000, 1000)
-        runs = tatoeba_runs(n_train, dataclasses.replace(TATOEBA_TRAIN, **steps), n_test)
-        write_json(args.out / "low_resource_tatoeba.json", {
-            "train_pairs": n_train, "val_pairs": 500, "test_pairs": n_test,
-            "train": TATOEBA_TRAIN.to_dict(), "bleu_on": f"{n_test} test pairs (seed 0), greedy, cased sacreBLEU",
-            "machine": _machine(load), "torch": torch.__version__,
-            "wall_minutes": round((time.perf_counter() - start) / 60, 1), "runs": runs,
-        })  # fmt: skip
-    print(f"wrote the results into {args.out}")
+        print(f"wrote {args.out / name}", flush=True)
     return 0
 
 

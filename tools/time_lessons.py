@@ -115,6 +115,7 @@ TITLES = {
     "08": "tokenization and data",
     "09": "training",
     "10": "decoding and evaluation",
+    "14": "tuning and low-resource",
 }
 
 

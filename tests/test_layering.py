@@ -33,6 +33,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("Part III: interpret", {"interpret"}),
     ("part III: efficiency", {"efficiency"}),
     ("Part III: the lessons' experiments", {"baselines"}),
+    (
+        "experiments: diagnosis, tuning, transfer, low resource",
+        {"diagnosis", "tuning", "transfer", "lowresource"},
+    ),  # fmt: skip
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),
     ("on top: grading", {"grading"}),
     ("on top: cli, the package", {"cli", "__init__"}),

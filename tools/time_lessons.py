@@ -122,6 +122,7 @@ TITLES = {
     "10": "decoding and evaluation",
     "12": "efficiency and scale",
     "13": "Transformer vs RNN and CNN",
+    "14": "tuning and low-resource",
 }
 
 

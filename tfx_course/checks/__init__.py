@@ -14,7 +14,8 @@ learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, 
 ``evaluation`` (BLEU's n-gram matches: 10), ``interpretability`` (a switched-off head,
 attention rollout, integrated gradients: 11), ``efficiency`` (blockwise attention, gradient
 accumulation, a streaming batcher: 12) and ``rnn_vs_transformer`` (the LSTM decoder's attention
-step, the path-length measurement: 13); ``core`` holds what they share.
+step, the path-length measurement: 13) and ``tuning`` (the learning-rate range test, an
+overfitting detector, nested subsets: 14); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -87,6 +88,11 @@ from tfx_course.checks.training import (
     check_ema_update,
     check_label_smoothing,
 )
+from tfx_course.checks.tuning import (
+    check_lr_range_test,
+    check_nested_subsets,
+    check_overfitting_step,
+)
 
 __all__ = [
     "CheckFailed",
@@ -115,13 +121,16 @@ __all__ = [
     "check_label_smoothing",
     "check_layer_norm",
     "check_length_penalty",
+    "check_lr_range_test",
     "check_mask_head",
     "check_masked_softmax",
     "check_merge_heads",
     "check_merge_pair",
     "check_multi_head_attention",
     "check_multi_query_attention",
+    "check_nested_subsets",
     "check_ngram_matches",
+    "check_overfitting_step",
     "check_padding_mask",
     "check_pair_counts",
     "check_parallel_block",

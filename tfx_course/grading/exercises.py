@@ -61,6 +61,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "11": ("mask_head", "attention_rollout", "integrated_gradients"),
     "12": ("blockwise_attention", "accumulation_step", "stream_batches"),
     "13": ("rnn_attention_step", "gradient_reach"),
+    "14": ("lr_range_test", "overfitting_step", "nested_subsets"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

@@ -132,10 +132,10 @@ def _unstable(s: dict[str, float]) -> Diagnosis | None:
     if not early and s["spike"] <= SPIKE:
         return None
     what = (
-        f"in the first steps the loss rose {s['early_rise']:.0%} above where it started and "
-        f"the run ended only {s['drop']:.0%} below it"
+        f"in the first steps the loss rose ≈{s['early_rise']:.0%} above where it started and "
+        f"the run ended only ≈{s['drop']:.0%} below it"
         if early
-        else f"at step {s['spike_step']} the smoothed loss climbed {s['spike']:.0%} above the "
+        else f"at step {s['spike_step']} the smoothed loss climbed ≈{s['spike']:.0%} above the "
         "best it had reached"
     )
     return Diagnosis(
@@ -151,7 +151,7 @@ def _plateau(s: dict[str, float]) -> Diagnosis | None:
         return None
     return Diagnosis(
         "plateau",
-        f"the loss hardly moved: from {s['start']:.3g} to {s['end']:.3g} ({s['drop']:.1%}). With "
+        f"the loss hardly moved: from ≈{s['start']:.3g} to ≈{s['end']:.3g} (≈{s['drop']:.1%}). With "
         f"a peak learning rate of {s['peak_lr']:.2g} the steps are probably far too small: try "
         "10 to 1000 times more (a learning-rate range test finds where the loss starts to fall).",
         s,
@@ -191,8 +191,8 @@ def _overfitting(h: History) -> Diagnosis | None:
     at_end = _mean_up_to(h, h.step[-1], window)
     return Diagnosis(
         "overfitting",
-        f"the validation loss rose from {low:.3g} at step {step} to {last:.3g} at step "
-        f"{h.val_step[-1]} while the training loss fell from {at_best:.3g} to {at_end:.3g}. "
+        f"the validation loss rose from ≈{low:.3g} at step {step} to ≈{last:.3g} at step "
+        f"{h.val_step[-1]} while the training loss fell from ≈{at_best:.3g} to ≈{at_end:.3g}. "
         "The model memorises its training set: more data, more dropout, a smaller model, or "
         f"stop at step {step} (keep the best checkpoint).",
         {"best_step": step, "best_val_loss": low, "last_val_loss": last,
@@ -224,8 +224,8 @@ def diagnose(history: History | Mapping[str, Any]) -> Diagnosis:
         if found is None:
             found = Diagnosis(
                 "healthy",
-                f"the loss fell from {shape['start']:.3g} to {shape['end']:.3g} "
-                f"({shape['drop']:.0%}) without jumps"
+                f"the loss fell from ≈{shape['start']:.3g} to ≈{shape['end']:.3g} "
+                f"(≈{shape['drop']:.0%}) without jumps"
                 + (", and the validation loss did not turn up." if h.val_loss else "."),
                 shape,
             )

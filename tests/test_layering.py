@@ -30,11 +30,11 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("fast paths: static_decoding, fast_training", {"static_decoding", "fast_training"}),
     ("evaluation", {"evaluation"}),
     ("translation, pretrained", {"translation", "pretrained"}),
-    ("Part III: interpret", {"interpret"}),
-    ("part III: efficiency", {"efficiency"}),
-    ("Part III: the lessons' experiments", {"baselines"}),
+    ("Part III, lesson 11: interpret", {"interpret"}),
+    ("Part III, lesson 12: efficiency", {"efficiency"}),
+    ("Part III, lesson 13: baselines", {"baselines"}),
     (
-        "experiments: diagnosis, tuning, transfer, low resource",
+        "Part III, lesson 14: diagnosis, tuning, transfer, low resource",
         {"diagnosis", "tuning", "transfer", "lowresource"},
     ),  # fmt: skip
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),

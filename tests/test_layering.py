@@ -29,6 +29,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("decoding, training", {"decoding", "training"}),
     ("evaluation", {"evaluation"}),
     ("translation, pretrained", {"translation", "pretrained"}),
+    ("modern components", {"modern"}),
+    ("model families", {"families"}),
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),
     ("on top: grading", {"grading"}),
     ("on top: cli, the package", {"cli", "__init__"}),

@@ -51,6 +51,9 @@ __all__ = [
     "patchify",
     "unpatchify",
     "VisionTransformer",
+    "NeedleTask",
+    "needle_loss",
+    "needle_accuracy",
     "train_steps",
 ]
 
@@ -374,6 +377,84 @@ class VisionTransformer(nn.Module):
         return self.head(self.norm(x[:, 0]))  # (B, K): read from the class token only
 
 
+# --- a task that needs long range: find the needle ----------------------------------------
+
+
+@dataclass(frozen=True)
+class NeedleTask:
+    """Sequences of noise tokens hiding one needle token; at the last position, name the needle.
+
+    Ids: the four special tokens, ``n_noise`` noise tokens, ``n_needles`` needle tokens, then
+    the query token that ends every sequence. A model must carry the needle from wherever it
+    lies to the last position, so a window shorter than that distance cannot succeed: it can
+    only guess, right 1 time in ``n_needles``.
+    """
+
+    length: int = 48  # tokens per sequence, the query included
+    n_noise: int = 16
+    n_needles: int = 8
+
+    def __post_init__(self) -> None:
+        check_positive_int(length=self.length, n_noise=self.n_noise, n_needles=self.n_needles)
+        if self.length < 2:
+            raise ValueError(
+                f"length must leave room for a needle and the query, got {self.length}"
+            )
+
+    @property
+    def first_needle(self) -> int:
+        """The id of needle 0; needles are first_needle .. first_needle + n_needles - 1."""
+        return 4 + self.n_noise
+
+    @property
+    def query_id(self) -> int:
+        return self.first_needle + self.n_needles
+
+    @property
+    def vocab_size(self) -> int:
+        return self.query_id + 1
+
+    def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``n`` sequences (n, length), their needles (n,) and the needles' distances (n,).
+
+        The distance is how many positions before the query the needle lies (1 .. length - 1),
+        uniform over the sequence; the same seed gives the same sequences.
+        """
+        check_positive_int(n=n)
+        gen = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(4, self.first_needle, (n, self.length), generator=gen)
+        needles = torch.randint(0, self.n_needles, (n,), generator=gen) + self.first_needle
+        position = torch.randint(0, self.length - 1, (n,), generator=gen)
+        tokens[torch.arange(n), position] = needles
+        tokens[:, -1] = self.query_id
+        return tokens, needles, self.length - 1 - position
+
+
+def needle_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """Return the cross-entropy of naming the needle at the last position of each sequence."""
+    tokens, needles = batch
+    return F.cross_entropy(model(tokens)[:, -1], needles)
+
+
+@torch.no_grad()
+def needle_accuracy(
+    model: nn.Module, tokens: Tensor, needles: Tensor, distance: Tensor, edges: Sequence[int]
+) -> list[float]:
+    """Return the share of needles named right, for distances in [edges[i], edges[i + 1]).
+
+    Shapes: tokens (n, length), needles (n,), distance (n,) from ``NeedleTask.sample``.
+    """
+    was_training = model.training
+    model.eval()
+    right = model(tokens)[:, -1].argmax(dim=-1) == needles  # (n,)
+    model.train(was_training)
+    shares = []
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = (distance >= low) & (distance < high)
+        shares.append(right[inside].float().mean().item() if inside.any() else float("nan"))
+    return shares
+
+
 # --- one training loop for both families ---------------------------------------------------
 
 
@@ -383,11 +464,14 @@ def train_steps(
     loss_fn: Callable[[nn.Module, object], Tensor],
     config: TrainConfig,
     progress: bool = False,
+    evaluate: Callable[[nn.Module], float] | None = None,
 ) -> History:
     """Train for ``config.max_steps`` AdamW steps over ``batches`` (reshuffled every epoch).
 
     ``loss_fn(model, batch)`` returns the loss of one batch; the learning rate follows
     ``config``'s warmup and schedule, and the gradient norm is clipped to ``config.clip_norm``.
+    ``evaluate(model)``, if given, is recorded as the validation loss every ``config.eval_every``
+    steps and at the end.
     """
     if not batches:
         raise ValueError("train_steps needs at least one batch")
@@ -408,4 +492,8 @@ def train_steps(
         optimizer.step()
         scheduler.step()
         history.record(step, loss.item(), lr, grad_norm.item())
+        due = config.eval_every and step % config.eval_every == 0 or step == config.max_steps
+        if evaluate is not None and due:
+            history.record_validation(step, evaluate(model))
+            model.train()
     return history

@@ -12,6 +12,7 @@ attention has no softmax: a blocked pair simply contributes nothing (its weight 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
     "elu_feature_map",
     "linear_attention",
     "linear_attention_quadratic",
+    "attention_cpu_seconds",
     "ATTENTION_KERNELS",
 ]
 
@@ -348,3 +350,39 @@ def linear_attention_quadratic(
         similarity = similarity * mask  # a blocked pair contributes nothing: no softmax to fill
     weights = similarity / (similarity.sum(dim=-1, keepdim=True) + eps)  # (B, H, T, S)
     return weights @ v, weights
+
+
+# --- what each costs ----------------------------------------------------------------------
+
+
+def _best_cpu_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return min(times)
+
+
+@torch.no_grad()
+def attention_cpu_seconds(
+    length: int, window: int, heads: int = 2, d_head: int = 16, repeats: int = 3
+) -> dict[str, float]:
+    """Return the CPU seconds of causal full, sliding-window and linear attention at one length.
+
+    One sequence of random queries, keys and values (1, heads, length, d_head); each kind is
+    run ``repeats`` times and its shortest time kept. CPU time of this process
+    (``time.process_time``), so other programs on a shared machine do not count; on more than
+    one thread it adds up the threads.
+    """
+    check_positive_int(length=length, window=window, heads=heads, d_head=d_head, repeats=repeats)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, length, d_head, generator=gen) for _ in range(3))
+    mask = causal_mask(length)
+    return {
+        "full": _best_cpu_seconds(lambda: scaled_dot_product_attention(q, k, v, mask), repeats),
+        "sliding window": _best_cpu_seconds(
+            lambda: sliding_window_attention(q, k, v, window), repeats
+        ),
+        "linear": _best_cpu_seconds(lambda: linear_attention(q, k, v, causal=True), repeats),
+    }

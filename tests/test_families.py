@@ -13,6 +13,7 @@ from tfx_course.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, CharTokenizer
 from tfx_course.families import (
     DecoderOnlyLM,
     LMConfig,
+    NeedleTask,
     VisionTransformer,
     ViTConfig,
     evaluate_lm,
@@ -183,3 +184,18 @@ def test_the_vit_sees_the_order_of_its_patches():
 def test_vit_config_rejects_patches_that_do_not_tile():
     with pytest.raises(ValueError, match="not divisible by patch_size=3"):
         ViTConfig(image_size=8, patch_size=3)
+
+
+# --- the needle task --------------------------------------------------------------------------
+
+
+def test_needle_sequences_hide_one_needle_before_the_query():
+    task = NeedleTask(length=12, n_noise=5, n_needles=3)
+    tokens, needles, distance = task.sample(200, seed=0)
+    assert tokens.shape == (200, 12) and task.vocab_size == 4 + 5 + 3 + 1
+    assert (tokens[:, -1] == task.query_id).all()
+    is_needle = (tokens >= task.first_needle) & (tokens < task.query_id)
+    assert (is_needle.sum(1) == 1).all()
+    assert torch.equal(tokens[torch.arange(200), 11 - distance], needles)
+    assert distance.min() == 1 and distance.max() == 11
+    assert torch.equal(task.sample(200, seed=0)[0], tokens)

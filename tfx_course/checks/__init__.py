@@ -10,8 +10,9 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 (lesson 01), ``multi_head_attention`` (02), ``positional_encoding`` (03),
 ``residual_and_layernorm`` (04), ``encoder`` (05), ``decoder`` (06), ``tokenization`` (08),
 ``training`` (label smoothing, clipping, AdamW: 07 and 09), ``schedules`` (the warmup and
-cosine learning rates: 07 and 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10)
-and ``evaluation`` (BLEU's n-gram matches: 10); ``core`` holds what they share.
+cosine learning rates: 07 and 09), ``decoding`` (greedy, length penalty, beam step: 07 and 10),
+``evaluation`` (BLEU's n-gram matches: 10) and ``modern`` (RoPE, RMSNorm, the sliding-window
+mask: 16); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -23,6 +24,7 @@ from tfx_course.checks.decoder import check_decoder_layer, check_target_mask
 from tfx_course.checks.decoding import check_beam_step, check_greedy_decode, check_length_penalty
 from tfx_course.checks.encoder import check_encoder_layer, check_feed_forward
 from tfx_course.checks.evaluation import check_ngram_matches
+from tfx_course.checks.modern import check_apply_rope, check_rms_norm, check_sliding_window_mask
 from tfx_course.checks.multi_head_attention import (
     check_merge_heads,
     check_multi_head_attention,
@@ -49,6 +51,7 @@ __all__ = [
     "CheckFailed",
     "CheckResult",
     "check_adamw_step",
+    "check_apply_rope",
     "check_attention",
     "check_attention_scores",
     "check_beam_step",
@@ -72,7 +75,9 @@ __all__ = [
     "check_pair_counts",
     "check_post_ln_residual",
     "check_pre_ln_residual",
+    "check_rms_norm",
     "check_sinusoidal_encoding",
+    "check_sliding_window_mask",
     "check_split_heads",
     "check_target_mask",
     "check_warmup_schedule",

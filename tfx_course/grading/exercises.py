@@ -51,6 +51,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "08": ("pair_counts", "merge_pair"),
     "09": ("clip_grad_norm", "adamw_step", "cosine_lr"),
     "10": ("length_penalty", "beam_step", "ngram_matches"),
+    "16": ("apply_rope", "rms_norm", "sliding_window_mask"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

@@ -339,7 +339,9 @@ def test_every_reference_has_a_year_a_stable_link_and_the_lessons_that_use_it():
         assert re.fullmatch(r"(19|20)\d\d|—", year), f"{work}: year {year!r}"
         assert re.search(r"\]\(https://", link), f"{work}: no https link"
         assert len(use) >= 10, f"{work}: say what the course uses from it"
-        assert re.search(r"\]\((\.\./notebooks/\d\d_\w+\.ipynb|instructors\.md)\)", lessons), work
+        assert re.search(
+            r"\]\((\.\./(notebooks|exercises)/\d\d_\w+\.ipynb|instructors\.md)\)", lessons
+        ), work
 
 
 @pytest.mark.parametrize("page", ["docs/glossary.md", "docs/references.md"])

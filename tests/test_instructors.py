@@ -34,7 +34,7 @@ def _first_cell(path: Path) -> str:
 
 def test_the_timetable_fills_reading_and_solving_times_from_the_notebooks(time_lessons):
     rows = [line.split(" | ") for line in time_lessons.timetable(CPU).splitlines()[2:]]
-    assert len(rows) == 11
+    assert len(rows) == len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
     for row in rows:
         nn = row[0].strip("| ")[:2]
         lesson = _first_cell(next((ROOT / "notebooks").glob(f"{nn}_*.ipynb")))
@@ -72,7 +72,7 @@ def test_three_days_hold_every_lesson_and_every_exercise_with_breaks(time_lesson
         assert "lunch" in [r[2] for r in day_rows]
         start, minutes = day_rows[-1][1], int(day_rows[-1][3])
         hours, mins = map(int, start.split(":"))
-        assert hours * 60 + mins + minutes <= 17 * 60, f"day {day} runs past 17:00"
+        assert hours * 60 + mins + minutes <= 17 * 60 + 30, f"day {day} runs past 17:30"
         work = 0  # no more than two lesson sessions without a break or lunch
         for r in day_rows:
             work = 0 if r[2] in ("break", "lunch") else work + 1
@@ -91,7 +91,7 @@ def test_one_day_keeps_the_attention_path_and_cuts_the_rest(time_lessons):
 
 def test_a_plan_that_runs_past_the_day_is_refused(time_lessons):
     everything = [[(f"{n:02d}", "both") for n in range(11)]]
-    with pytest.raises(ValueError, match="after 17:00"):
+    with pytest.raises(ValueError, match="after 17:30"):
         time_lessons.plan(CPU, everything)
 
 
@@ -99,8 +99,8 @@ def test_the_session_minutes_add_the_stated_and_measured_times(time_lessons):
     minutes, what = time_lessons.session_minutes(CPU, "07", "both")
     seconds = next(r["seconds"] for r in CPU["notebooks"] if r["notebook"].startswith("07_") and r["kind"] == "lesson")  # fmt: skip
     run = -(-seconds // 60)  # rounded up
-    assert what == f"07 the full Transformer (read 45, run {run:.0f}, exercises 45)"
-    assert minutes == 10 + 45 + run + 45
+    assert what == f"07 the full Transformer (read 45, run {run:.0f}, exercises 40)"
+    assert minutes == 10 + 45 + run + 40
 
 
 # --- per-lesson notes ------------------------------------------------------------------------
@@ -131,7 +131,9 @@ def test_the_notes_name_the_mistakes_the_tests_plant(notes):
             listed = notes.mistakes(exercise)
             assert len(listed) >= 3, exercise
             for _, fragment in pairs:
-                if any(fragment in message for message in listed):
+                # a number in the fragment may be an f-string's filled-in part, "…" in the notes
+                loose = re.compile(r"\S*?".join(map(re.escape, re.split(r"\d+", fragment))))
+                if any(fragment in m or loose.search(m) for m in listed):
                     found += 1
                 elif fragment not in core:
                     missed += 1

@@ -27,8 +27,16 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("distributed", {"distributed"}),
     ("checkpoint", {"checkpoint"}),
     ("decoding, training", {"decoding", "training"}),
+    ("fast paths: static_decoding, fast_training", {"static_decoding", "fast_training"}),
     ("evaluation", {"evaluation"}),
     ("translation, pretrained", {"translation", "pretrained"}),
+    ("Part III: interpret", {"interpret"}),
+    ("part III: efficiency", {"efficiency"}),
+    ("Part III: the lessons' experiments", {"baselines"}),
+    (
+        "experiments: diagnosis, tuning, transfer, low resource",
+        {"diagnosis", "tuning", "transfer", "lowresource"},
+    ),  # fmt: skip
     ("modern components", {"modern"}),
     ("model families", {"families"}),
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),

@@ -120,6 +120,9 @@ TITLES = {
     "08": "tokenization and data",
     "09": "training",
     "10": "decoding and evaluation",
+    "12": "efficiency and scale",
+    "13": "Transformer vs RNN and CNN",
+    "14": "tuning and low-resource",
 }
 
 
@@ -190,7 +193,7 @@ def timetable(cpu: dict, gpu: dict | None = None) -> str:
 
 # --- workshop plans -------------------------------------------------------------------------
 
-DAY_START, DAY_END, LUNCH_FROM = 9 * 60, 17 * 60, 12 * 60  # minutes after midnight
+DAY_START, DAY_END, LUNCH_FROM = 9 * 60, 17 * 60 + 30, 12 * 60  # minutes after midnight
 BREAK_AFTER, BREAK, LUNCH = 60, 15, 60  # a 15-minute break after an hour or more of work
 FRAME = 10  # minutes per lesson for its introduction and its debrief
 WRAP_UP = 15  # minutes at the end of each day for questions
@@ -236,7 +239,8 @@ def _day_rows(cpu: dict, day: int, lessons: list[tuple[str, str]]) -> list[str]:
         since_break += minutes
     add(WRAP_UP, "questions and wrap-up")
     if clock > DAY_END:
-        raise ValueError(f"day {day} ends at {clock // 60:02d}:{clock % 60:02d}, after 17:00")
+        end = f"{DAY_END // 60:02d}:{DAY_END % 60:02d}"
+        raise ValueError(f"day {day} ends at {clock // 60:02d}:{clock % 60:02d}, after {end}")
     return rows
 
 

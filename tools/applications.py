@@ -1,6 +1,6 @@
 """Lesson 16's long runs: the two other families, the modern components, efficient attention.
 
-    PYTHONPATH=. python tools/applications.py                  # every part, about an hour of CPU
+    PYTHONPATH=. python tools/applications.py                  # every part, about 15 minutes of CPU
     PYTHONPATH=. python tools/applications.py --parts vit speed
     PYTHONPATH=. python tools/applications.py --quick --out /tmp/applications.json  # seconds
 

@@ -37,6 +37,8 @@ LAYERS: list[tuple[str, set[str]]] = [
         "Part III, lesson 14: diagnosis, tuning, transfer, low resource",
         {"diagnosis", "tuning", "transfer", "lowresource"},
     ),  # fmt: skip
+    ("Part III, lesson 16: modern components", {"modern"}),
+    ("Part III, lesson 16: model families", {"families"}),
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),
     ("on top: grading", {"grading"}),
     ("on top: cli, the package", {"cli", "__init__"}),

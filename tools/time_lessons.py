@@ -120,9 +120,11 @@ TITLES = {
     "08": "tokenization and data",
     "09": "training",
     "10": "decoding and evaluation",
+    "11": "interpretability",
     "12": "efficiency and scale",
     "13": "Transformer vs RNN and CNN",
     "14": "tuning and low-resource",
+    "16": "applications and trends",
 }
 
 

@@ -13,9 +13,10 @@ One module per lesson topic, so a check is found where its lesson is: ``self_att
 learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, top-p: 07 and 10),
 ``evaluation`` (BLEU's n-gram matches: 10), ``interpretability`` (a switched-off head,
 attention rollout, integrated gradients: 11), ``efficiency`` (blockwise attention, gradient
-accumulation, a streaming batcher: 12) and ``rnn_vs_transformer`` (the LSTM decoder's attention
-step, the path-length measurement: 13) and ``tuning`` (the learning-rate range test, an
-overfitting detector, nested subsets: 14); ``core`` holds what they share.
+accumulation, a streaming batcher: 12), ``rnn_vs_transformer`` (the LSTM decoder's attention
+step, the path-length measurement: 13), ``tuning`` (the learning-rate range test, an
+overfitting detector, nested subsets: 14) and ``modern`` (RoPE, RMSNorm, the sliding-window
+mask: 16); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -51,6 +52,7 @@ from tfx_course.checks.interpretability import (
     check_integrated_gradients,
     check_mask_head,
 )
+from tfx_course.checks.modern import check_apply_rope, check_rms_norm, check_sliding_window_mask
 from tfx_course.checks.multi_head_attention import (
     check_merge_heads,
     check_multi_head_attention,
@@ -100,6 +102,7 @@ __all__ = [
     "check_accumulation_step",
     "check_adamw_step",
     "check_alibi_bias",
+    "check_apply_rope",
     "check_attention",
     "check_attention_rollout",
     "check_attention_scores",
@@ -137,9 +140,11 @@ __all__ = [
     "check_post_ln_residual",
     "check_pre_ln_residual",
     "check_rezero_residual",
+    "check_rms_norm",
     "check_rnn_attention_step",
     "check_sample_decode",
     "check_sinusoidal_encoding",
+    "check_sliding_window_mask",
     "check_split_heads",
     "check_stream_batches",
     "check_target_mask",

@@ -38,8 +38,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on Linux.
 	set -o pipefail; $(PIP) "$(TORCH_PIN)" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
-	set -o pipefail; $(PIP) -e ".[dev]" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
-	$(BIN)/python -c "import torch, tfx_course, nbval, jupyterlab"
+	set -o pipefail; $(PIP) -e ".[dev,deploy]" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(BIN)/python -c "import torch, tfx_course, nbval, jupyterlab, torchao, executorch, onnxruntime"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (tfx_course)" >/dev/null
 	@# nbgrader is an instructors' tool (docs/instructors.md): keep its menus out of learners' lab.
 	@for ext in $(NBGRADER_SERVER); do \

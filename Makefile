@@ -5,7 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
-TORCH_PIN := $(shell grep -E '^torch==' $(LOCK))
+# Which torch build `make setup` installs: auto (the CPU build on Linux without an NVIDIA GPU),
+# cpu, or default (the package index's build); see tools/install_torch.py.
+TORCH_BUILD ?= auto
+# `make setup OFFLINE=FOLDER` installs from a folder that `make offline-bundle` filled, with no
+# network (see README, "No network in the room").
+OFFLINE ?=
+PIP_OFFLINE := $(if $(OFFLINE),--no-index --find-links $(abspath $(OFFLINE))/wheels,)
 KERNEL := tfx-course
 NBGRADER_SERVER := formgrader validate_assignment assignment_list course_list
 # The JupyterLab plugin that asks "get notified about official Jupyter news?" at first start.
@@ -25,7 +31,8 @@ BOOK_STAMP := $(VENV)/.book-installed
 MATHJAX_STAMP := book/node_modules/.installed
 BOOK_OUT := build/book
 
-.PHONY: setup lab test lint unit nbval nbval-other-cpu grade notebooks book test-book lock check-lock clean help
+.PHONY: setup lab test lint unit nbval nbval-other-cpu grade notebooks book test-book lock check-lock clean help \
+	offline-bundle offline-install offline-folder
 
 help:
 	@echo "make lab        set up .venv and open the course in JupyterLab"
@@ -36,9 +43,11 @@ help:
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on Linux.
-	set -o pipefail; $(PIP) "$(TORCH_PIN)" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
-	set -o pipefail; $(PIP) -e ".[dev,deploy]" -c $(LOCK) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	@# torch first, pinned, and on Linux without an NVIDIA GPU the CPU build (PyTorch's CPU
+	@# index, else the default one): PyPI's Linux wheel pulls several GB of CUDA libraries.
+	set -o pipefail; $(BIN)/python tools/install_torch.py --build $(TORCH_BUILD) $(PIP_OFFLINE) 2>&1 \
+		| { grep -v "$(PIP_NOISE)" || true; }
+	set -o pipefail; $(PIP) -e ".[dev,deploy]" -c $(LOCK) $(PIP_OFFLINE) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	$(BIN)/python -c "import torch, tfx_course, nbval, jupyterlab, torchao, executorch, onnxruntime"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (tfx_course)" >/dev/null
 	@# nbgrader is an instructors' tool (docs/instructors.md): keep its menus out of learners' lab.
@@ -54,6 +63,19 @@ $(LAB_QUIET): $(STAMP)
 	touch $(LAB_QUIET)
 
 setup: $(STAMP) $(LAB_QUIET)
+
+# No network in the room (README): fill a folder to carry on a USB stick, then install from it.
+offline-bundle: setup
+	@test -n "$(DEST)" || { echo "make offline-bundle DEST=FOLDER: name a new folder to fill" >&2; exit 1; }
+	$(BIN)/python tools/offline.py fill "$(DEST)"
+
+# `make setup` with pip's --no-index and the folder's wheels (OFFLINE sets PIP_OFFLINE), then the data.
+offline-install: offline-folder setup
+	$(BIN)/python tools/offline.py install-data "$(OFFLINE)"
+
+offline-folder:
+	@test -d "$(OFFLINE)/wheels" || { echo "make offline-install OFFLINE=FOLDER: FOLDER must be the \
+	folder that make offline-bundle filled (it holds wheels/ and data/)" >&2; exit 1; }
 
 lab: setup
 	@# Opens at the repository root (lessons in notebooks/, practice in exercises/), on lesson 00.

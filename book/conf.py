@@ -22,7 +22,7 @@ MATHJAX_PARTS = ["tex-mml-chtml.js", "input/tex/extensions", "output/chtml", "ui
 
 project = "tfx_course"
 author = "the tfx_course authors"
-copyright = "the tfx_course authors, MIT licence"
+copyright = "the tfx_course authors; code MIT, text and figures CC BY 4.0"
 root_doc = "README"
 include_patterns = [
     "README.md",

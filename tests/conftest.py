@@ -7,7 +7,9 @@ from types import ModuleType
 import pytest
 import torch
 
+from tfx_course.data.download import DataError
 from tfx_course.data.multi30k import Multi30kError, data_home, download_multi30k
+from tfx_course.data.tatoeba import download_tatoeba
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,19 @@ def data_root() -> Path:
     else:
         return root
     pytest.fail(f"these tests need Multi30k in {root / 'multi30k'}. {problem}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def tatoeba_root() -> Path:
+    """The folder holding tatoeba-fra-eng/, found and checked like ``data_root``'s Multi30k."""
+    root = data_home()
+    try:
+        download_tatoeba(root)
+    except DataError as err:
+        problem = str(err)
+    else:
+        return root
+    pytest.fail(f"these tests need Tatoeba in {root / 'tatoeba-fra-eng'}. {problem}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,9 @@ import pytest
 from tfx_course.data.batching import pad_sequences
 from tfx_course.data.bucketing import (
     PaddingStats,
+    bucket_lengths,
+    fixed_shape_batches,
+    make_fixed_shape_batches,
     make_token_batches,
     padding_stats,
     token_batches,
@@ -116,3 +119,74 @@ def test_bad_arguments_get_clear_errors():
     with pytest.raises(ValueError, match="BOS and EOS"):
         make_token_batches([([BOS_ID, 7, EOS_ID], [EOS_ID])], 32)
     assert token_batches([], 32) == []
+
+
+# Fixed shapes for compiled training: a few padded lengths, one row count per length.
+LENGTHS = (8, 16, 24)
+
+
+def _padded(i: int) -> int:
+    return max(len(PAIRS[i][0]), len(PAIRS[i][1]) - 1)
+
+
+def test_bucket_lengths_minimise_the_padded_slots():
+    sizes = [_padded(i) for i in range(len(PAIRS))]
+    lengths = bucket_lengths(sizes, 3, multiple=4)
+    assert len(lengths) == 3 and all(length % 4 == 0 for length in lengths)
+    assert lengths[-1] >= max(sizes)
+
+    def slots(ls):
+        return sum(min(length for length in ls if length >= s) for s in sizes)
+
+    # Brute force over every choice of 3 multiples of 4 that covers the longest size.
+    top = lengths[-1]
+    candidates = range(4, top + 1, 4)
+    best = min(slots((a, b, top)) for a in candidates for b in candidates if a < b < top)
+    assert slots(lengths) == best
+    assert bucket_lengths(sizes, 1, multiple=8) == (8 * -(-max(sizes) // 8),)
+    assert bucket_lengths([5, 5, 5], 4) == (8,)  # fewer lengths when more would not help
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fixed_shape_batches_cover_every_example_once_within_the_budget(seed):
+    max_tokens = 200
+    pairs = [p for i, p in enumerate(PAIRS) if _padded(i) <= LENGTHS[-1]]
+    batches = fixed_shape_batches(pairs, LENGTHS, max_tokens, seed=seed)
+    real = [i for _, rows in batches for i in rows if i is not None]
+    assert sorted(real) == list(range(len(pairs)))  # every example exactly once per epoch
+    for length, rows in batches:
+        assert length in LENGTHS and len(rows) == max_tokens // length  # one shape per length
+        assert len(rows) * length <= max_tokens
+        assert all(max(len(pairs[i][0]), len(pairs[i][1]) - 1) <= length for i in rows if i is not None)  # fmt: skip
+    # only the very last batch cut (whatever its place after shuffling) has padding rows
+    assert sum(None in rows for _, rows in batches) <= 1
+    assert batches != fixed_shape_batches(pairs, LENGTHS, max_tokens, seed=seed + 1)
+
+
+def test_make_fixed_shape_batches_pads_each_batch_to_its_length():
+    pairs = [p for i, p in enumerate(PAIRS) if _padded(i) <= LENGTHS[-1]]
+    batches = make_fixed_shape_batches(pairs, LENGTHS, 200, seed=0)
+    shapes = {tuple(b.src.shape) for b in batches}
+    assert shapes <= {(200 // length, length) for length in LENGTHS}
+    rows = []
+    for batch in batches:
+        assert batch.src.shape == batch.tgt_in.shape == batch.tgt_out.shape
+        for src, tgt_in, tgt_out in zip(batch.src, batch.tgt_in, batch.tgt_out, strict=True):
+            if not bool((src != PAD_ID).any()):  # a padding-only row: all three sides empty
+                assert not bool((tgt_in != PAD_ID).any()) and not bool((tgt_out != PAD_ID).any())
+                continue
+            tgt = [int(x) for x in tgt_in if x != PAD_ID] + [EOS_ID]
+            assert [int(x) for x in tgt_out if x != PAD_ID] == tgt[1:]
+            rows.append(([int(x) for x in src if x != PAD_ID], tgt))
+    assert sorted(rows) == sorted(map(tuple, pairs))
+
+
+def test_fixed_shape_arguments_get_clear_errors():
+    with pytest.raises(ValueError, match="longest bucket is 8"):
+        fixed_shape_batches(PAIRS, (8,), 200)
+    with pytest.raises(ValueError, match="at most max_tokens=16"):
+        fixed_shape_batches(PAIRS, (8, 24), 16)
+    with pytest.raises(ValueError, match="n_buckets"):
+        bucket_lengths([3], 0)
+    with pytest.raises(ValueError, match="no sizes"):
+        bucket_lengths([], 2)

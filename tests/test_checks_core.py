@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import threading
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from tfx_course import checks
+from tfx_course.checks import core
 from tfx_course.checks.core import RAISE_ENV, RESULTS_ENV, TIMEOUT_ENV
 
 
@@ -147,3 +150,89 @@ def test_every_exercise_has_three_named_bugs_and_an_alternative():
     assert sorted(bugs) == sorted(exercises) == sorted(alternatives)
     for name in exercises:
         assert len(bugs[name]) >= 3 and len(alternatives[name]) >= 1, name
+
+
+# --- the time limit without SIGALRM (Windows has none) -------------------------------------
+
+
+@pytest.fixture
+def no_alarm(monkeypatch):
+    """Make the checks run as on Windows: the signal module has no SIGALRM."""
+    monkeypatch.setattr(core, "signal", types.SimpleNamespace(), raising=True)
+    assert not core._alarm_available()
+
+
+def _correct_causal_mask(n):
+    return torch.ones(n, n, dtype=torch.bool).tril()
+
+
+def _planted(kind: str) -> list:
+    cases = []
+    for path in sorted(Path(__file__).parent.glob("test_checks_*.py")):
+        if path.stem == "test_checks_core":
+            continue
+        module = importlib.import_module(path.stem)
+        for name, entries in getattr(module, kind).items():
+            cases += [(name, entry) for entry in entries]
+    return cases
+
+
+def test_without_sigalrm_a_correct_answer_passes_and_a_hang_fails(no_alarm, capsys):
+    assert checks.check_causal_mask(_correct_causal_mask).passed
+    result = checks.check_causal_mask(_hangs, timeout=0.3)
+    assert not result.passed
+    assert result.message == "causal_mask(5) did not return within 0.3 s (an endless loop?)"
+    assert capsys.readouterr().out.endswith(f"FAIL [causal_mask] {result.message}\n")
+    # The hanging worker was stopped, not left spinning.
+    stuck = [t for t in threading.enumerate() if t.name == "tfx-course-check" and t.is_alive()]
+    assert not stuck
+
+
+@pytest.mark.parametrize(
+    ("fn", "fragment"),
+    [
+        (_raises, "raised ValueError: boom"),
+        (_not_done, "not attempted yet"),
+        (_exits, "raised SystemExit"),
+        (lambda *a, **k: None, "NoneType"),
+        (_nan_scores, "NaN"),
+        (42, "expected a function or class, got int"),
+    ],
+    ids=["raises", "not-attempted", "exits", "none", "nan", "not-callable"],
+)
+def test_without_sigalrm_broken_code_is_reported_as_with_it(no_alarm, fn, fragment):
+    result = checks.check_attention_scores(fn)
+    assert not result.passed and fragment in result.message
+
+
+ALTERNATIVE_CASES, BUG_CASES = _planted("ALTERNATIVES"), _planted("BUGS")
+
+
+@pytest.mark.parametrize(("name", "fn"), ALTERNATIVE_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(ALTERNATIVE_CASES)])  # fmt: skip
+def test_without_sigalrm_every_correct_alternative_passes(no_alarm, name, fn):
+    result = getattr(checks, f"check_{name}")(fn)
+    assert result.passed, result.message
+
+
+@pytest.mark.parametrize(("name", "bug"), BUG_CASES, ids=[f"{n}-{b[1]}" for n, b in BUG_CASES])  # fmt: skip
+def test_without_sigalrm_every_planted_bug_is_named(no_alarm, name, bug):
+    fn, fragment = bug
+    result = getattr(checks, f"check_{name}")(fn)
+    assert not result.passed and fragment in result.message
+
+
+def test_the_worker_thread_keeps_the_callers_grad_mode(no_alarm):
+    with torch.no_grad():
+        assert core.call("f()", torch.is_grad_enabled) is False
+    assert core.call("f()", torch.is_grad_enabled) is True
+    with torch.inference_mode():
+        assert core.call("f()", torch.is_inference_mode_enabled) is True
+
+
+def test_outside_the_main_thread_a_hang_is_still_stopped():
+    results = []
+    worker = threading.Thread(target=lambda: results.append(checks.check_causal_mask(_hangs, timeout=0.2)))  # fmt: skip
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert "did not return within 0.2 s" in results[0].message

@@ -1,4 +1,4 @@
-"""Lesson 06's checks (the decoder): planted bugs are named,
+"""Lesson 06's checks (the decoder and a cross-attention cache): planted bugs are named,
 other correct implementations pass."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import torch
 from check_helpers import bugged, planted_bug_tests
 from torch import nn
 
+from tfx_course import attention as A
 from tfx_course import checks
 from tfx_course.attention import MultiHeadAttention, causal_mask, padding_mask
 from tfx_course.layers import (
@@ -126,6 +127,89 @@ ALTERNATIVES = {
 }
 
 CHECKS = {name: getattr(checks, f"check_{name}") for name in BUGS}
+
+
+# --- cross_attention_cache ------------------------------------------------------------
+
+
+class _CrossCache:
+    """A cross-attention cache with one planted bug (or none), named by ``bug``."""
+
+    bug = ""
+
+    def __init__(self, attn, memory, memory_mask=None):
+        self.attn, self.memory, self.mask, self.first = attn, memory, memory_mask, None
+        self.stored = memory.clone()
+        H = attn.n_heads
+        key_proj, value_proj = attn.k_proj, attn.v_proj
+        if self.bug == "kv_swapped":
+            key_proj, value_proj = value_proj, key_proj
+        if self.bug == "value_from_key":
+            value_proj = key_proj
+        if self.bug == "unprojected":
+            key_proj = value_proj = torch.nn.Identity()
+        self.k = A.split_heads(key_proj(memory), H)  # (B, H, S, D)
+        self.v = A.split_heads(value_proj(memory), H)  # (B, H, S, D)
+
+    def __call__(self, query):
+        if self.bug == "recompute":
+            return self.attn(query, self.memory, self.memory, self.mask)[0]
+        if self.bug == "recompute_copy":
+            return self.attn(query, self.stored, self.stored, self.mask)[0]
+        if self.bug == "stale" and self.first is not None:
+            return self.first
+        q = A.split_heads(self.attn.q_proj(query), self.attn.n_heads)  # (B, H, T, D)
+        mask = None if self.bug == "no_mask" else self.mask
+        x, weights = A.scaled_dot_product_attention(q, self.k, self.v, mask)
+        out = (
+            A.merge_heads(x) if self.bug == "no_out_proj" else self.attn.out_proj(A.merge_heads(x))
+        )
+        self.first = out if self.first is None else self.first
+        return (out, weights) if self.bug == "pair" else out
+
+
+class _CrossCacheLibrary:
+    """Correct: the library's own split of MultiHeadAttention into project_kv and attend."""
+
+    def __init__(self, attn, memory, memory_mask=None):
+        self.attn, self.mask = attn, memory_mask
+        self.k, self.v = attn.project_kv(memory, memory)
+
+    def __call__(self, query):
+        return self.attn.attend(query, self.k, self.v, self.mask)[0]
+
+
+class _CrossCacheLazy:
+    """Correct: projects on the first call (still once), with PyTorch's fused attention."""
+
+    def __init__(self, attn, memory, memory_mask=None):
+        self.attn, self.memory, self.mask, self.kv = attn, memory.clone(), memory_mask, None
+
+    def __call__(self, query):
+        H, attn = self.attn.n_heads, self.attn
+        if self.kv is None:
+            self.kv = [
+                p(self.memory).unflatten(-1, (H, -1)).transpose(1, 2)
+                for p in (attn.k_proj, attn.v_proj)
+            ]
+        q = attn.q_proj(query).unflatten(-1, (H, -1)).transpose(1, 2)  # (B, H, T, D)
+        x = torch.nn.functional.scaled_dot_product_attention(q, *self.kv, attn_mask=self.mask)
+        return attn.out_proj(x.transpose(1, 2).flatten(2))
+
+
+BUGS["cross_attention_cache"] = [
+    (bugged(_CrossCache, "recompute"), "computed from memory again"),
+    (bugged(_CrossCache, "recompute_copy"), "k_proj or v_proj ran 2 times"),
+    (bugged(_CrossCache, "stale"), "does not change with the query"),
+    (bugged(_CrossCache, "kv_swapped"), "keys and values swapped"),
+    (bugged(_CrossCache, "value_from_key"), "the values are k_proj(memory)"),
+    (bugged(_CrossCache, "unprojected"), "the memory itself was used"),
+    (bugged(_CrossCache, "no_out_proj"), "output projection is missing"),
+    (bugged(_CrossCache, "no_mask"), "memory_mask is not applied"),
+    (bugged(_CrossCache, "pair"), "should be a torch.Tensor, got tuple"),
+]
+ALTERNATIVES["cross_attention_cache"] = [_CrossCache, _CrossCacheLibrary, _CrossCacheLazy]
+CHECKS["cross_attention_cache"] = checks.check_cross_attention_cache
 
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS

@@ -204,6 +204,184 @@ ALTERNATIVES = {
 
 CHECKS = {name: getattr(checks, f"check_{name}") for name in BUGS}
 
+
+# --- sample_decode --------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _sample(
+    model,
+    src,
+    bos,
+    eos,
+    max_len,
+    pad,
+    temperature,
+    generator,
+    *,
+    draw="multinomial",
+    scale="divide",
+    position=-1,
+    axis=-1,
+    at_zero="argmax",
+    pad_after=True,
+):
+    model.eval()
+    memory = model.encode(src)
+    tokens = torch.full((src.shape[0], 1), bos, dtype=torch.long)
+    done = torch.zeros(src.shape[0], dtype=torch.bool)
+    for _ in range(max_len):
+        logits = model.decode(tokens, memory, src)[:, position]  # (B, V)
+        if temperature == 0 and at_zero == "argmax":
+            nxt = logits.argmax(-1)
+        else:
+            scaled = logits * temperature if scale == "multiply" else logits / temperature
+            probs = (logits if scale == "ignore" else scaled).softmax(axis)  # (B, V)
+            if draw == "argmax":
+                nxt = probs.argmax(-1)
+            elif draw == "one":
+                nxt = torch.multinomial(probs[0], 1, generator=generator).expand(len(probs))
+            else:
+                nxt = torch.multinomial(probs, 1, generator=generator if draw != "global" else None)[:, 0]  # fmt: skip
+        if pad_after:
+            nxt = nxt.masked_fill(done, pad)
+        tokens = torch.cat([tokens, nxt[:, None]], 1)
+        done |= nxt == eos
+        if done.all():
+            break
+    return tokens[:, 1:]
+
+
+@torch.no_grad()
+def _sample_gumbel(model, src, bos, eos, max_len, pad, temperature, generator):
+    """Correct: the Gumbel-max trick, argmax(logits / T + Gumbel noise), one draw per row."""
+    model.eval()
+    memory, out = model.encode(src), torch.full((src.shape[0], 1), bos)
+    for _ in range(max_len):
+        logits = model.decode(out, memory, src)[:, -1]
+        if temperature > 0:
+            uniform = torch.rand(logits.shape, generator=generator).clamp_min(1e-12)
+            logits = logits / temperature - torch.log(-torch.log(uniform))
+        ended = (out[:, 1:] == eos).any(dim=1)
+        out = torch.cat([out, torch.where(ended, pad, logits.argmax(-1))[:, None]], 1)
+        if (out[:, 1:] == eos).any(dim=1).all():
+            break
+    return out[:, 1:]
+
+
+@torch.no_grad()
+def _sample_inverse_cdf(model, src, bos, eos, max_len, pad, temperature, generator):
+    """Correct: one uniform number per row, looked up in the cumulative probabilities."""
+    model.eval()
+    memory, out = model.encode(src), [[bos] for _ in range(src.shape[0])]
+    while len(out[0]) <= max_len and not all(eos in row[1:] for row in out):
+        logits = model.decode(torch.tensor(out), memory, src)[:, -1]
+        if temperature < 1e-8:
+            nxt = logits.argmax(-1)
+        else:
+            cdf = torch.softmax(logits / temperature, dim=-1).cumsum(-1)
+            u = torch.rand(len(out), 1, generator=generator)
+            nxt = (cdf < u).sum(-1).clamp(max=logits.shape[-1] - 1)
+        for row, token in zip(out, nxt.tolist(), strict=True):
+            row.append(pad if eos in row[1:] else token)
+    return torch.tensor(out)[:, 1:]
+
+
+BUGS["sample_decode"] = [
+    (partial(_sample, scale="ignore"), "the temperature is ignored"),
+    (partial(_sample, scale="multiply"), "multiplied by the temperature"),
+    (partial(_sample, position=0), "last position's logits"),
+    (partial(_sample, axis=0), "softmax over the vocabulary, dim=-1"),
+    (partial(_sample, draw="argmax"), "the argmax would be greedy decoding"),
+    (partial(_sample, draw="one"), "the same first token"),
+    (partial(_sample, draw="global"), "with the generator argument"),
+    (partial(_sample, at_zero="divide"), "temperature=0 means greedy decoding"),
+    (partial(_sample, pad_after=False), "fill its later positions with pad_id"),
+]
+ALTERNATIVES["sample_decode"] = [_sample, _sample_gumbel, _sample_inverse_cdf]
+CHECKS["sample_decode"] = checks.check_sample_decode
+
+
+# --- top_p_filter ---------------------------------------------------------------------
+
+
+def _top_p(logits, p, *, rule="before", renormalise=True, descending=True, scatter=True, dim=-1, keep_top=True):  # fmt: skip
+    probs = logits.softmax(dim)
+    sorted_probs, order = probs.sort(-1, descending=descending)
+    cumulative = sorted_probs.cumsum(-1)
+    keep = {
+        "before": cumulative - sorted_probs < p,
+        "inclusive": cumulative <= p,
+        "own": sorted_probs >= p,
+    }[rule]
+    if keep_top:
+        keep[..., 0] = True
+    kept = sorted_probs * keep
+    if renormalise:
+        kept = kept / kept.sum(-1, keepdim=True)
+    return torch.zeros_like(kept).scatter(-1, order, kept) if scatter else kept
+
+
+def _top_p_loops(logits, p):
+    """Correct: row by row in Python, stopping once the total reaches p."""
+    flat = logits.reshape(-1, logits.shape[-1]).softmax(-1)
+    out = torch.zeros_like(flat)
+    for row, probs in enumerate(flat.tolist()):
+        total, kept = 0.0, []
+        for token in sorted(range(len(probs)), key=lambda v: -probs[v]):
+            kept.append(token)
+            total += probs[token]
+            if total >= p:
+                break
+        for token in kept:
+            out[row, token] = probs[token] / total
+    return out.reshape(logits.shape)
+
+
+def _top_p_ascending(logits, p):
+    """Correct: drop the least likely tokens whose total stays within 1 - p (as HF does)."""
+    probs = logits.softmax(-1)
+    sorted_probs, order = probs.sort(-1)  # ascending
+    drop = sorted_probs.cumsum(-1) <= 1 - p
+    drop[..., -1] = False  # the most likely token stays
+    dropped = drop.scatter(-1, order, drop)
+    kept = probs.masked_fill(dropped, 0.0)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+def _top_p_logits(logits, p):
+    filtered = _top_p(logits, p).log()  # -inf outside the nucleus
+    return filtered
+
+
+def test_the_top_p_reference_equals_an_independent_loop():
+    # The check names mistakes by comparing with variants of its sort-based reference; that
+    # reference agrees with a plain loop over each row's tokens, most likely first.
+    from tfx_course.checks.decoding import _nucleus_problem, _top_p_variant
+
+    gen = torch.Generator().manual_seed(0)
+    for p in (0.3, 0.7, 0.95, 1.0):
+        logits = torch.randn(4, 2, 9, generator=gen) * 2
+        expected = _top_p_loops(logits, p)
+        torch.testing.assert_close(_top_p_variant(logits, p), expected)
+        assert _nucleus_problem(expected, logits.softmax(-1), p) is None
+        assert _nucleus_problem(logits.softmax(-1), logits.softmax(-1), 0.3) is not None
+
+
+BUGS["top_p_filter"] = [
+    (partial(_top_p, rule="inclusive"), "the kept tokens must reach p"),
+    (partial(_top_p, renormalise=False), "renormalise"),
+    (partial(_top_p, rule="own"), "not every token whose own probability is at least p"),
+    (partial(_top_p, descending=False), "sort in descending order"),
+    (partial(_top_p, scatter=False), "scatter them back"),
+    (partial(_top_p, dim=0), "the last axis, dim=-1"),
+    (partial(_top_p, rule="inclusive", keep_top=False), "holds NaN: always keep the most likely"),
+    (_top_p_logits, "not filtered logits"),
+    (lambda logits, p: logits.softmax(-1), "keeps more tokens than needed"),
+]
+ALTERNATIVES["top_p_filter"] = [_top_p, _top_p_loops, _top_p_ascending]
+CHECKS["top_p_filter"] = checks.check_top_p_filter
+
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS
 )

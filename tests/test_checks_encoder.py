@@ -1,4 +1,4 @@
-"""Lesson 05's checks (the encoder): planted bugs are named,
+"""Lesson 05's checks (the encoder and the parallel block): planted bugs are named,
 other correct implementations pass."""
 
 from __future__ import annotations
@@ -115,6 +115,69 @@ ALTERNATIVES = {
 }
 
 CHECKS = {name: getattr(checks, f"check_{name}") for name in BUGS}
+
+
+# --- parallel_block ---------------------------------------------------------------------
+
+
+class _Parallel(nn.Module):
+    """The parallel encoder layer with one planted bug (or none), named by ``bug``."""
+
+    bug = ""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, n_heads)
+        self.ff = FeedForward(d_model, d_ff)
+        self.norm = LayerNorm(d_model)
+
+    def forward(self, x, mask=None):
+        mask = None if self.bug == "no_mask" else mask
+        h = self.norm(x)
+        if self.bug == "sequential":
+            y = x + self.self_attn(h, h, h, mask)[0]
+            return y + self.ff(self.norm(y))
+        if self.bug == "post_norm":
+            return self.norm(x + self.self_attn(x, x, x, mask)[0] + self.ff(x))
+        kv = x if self.bug == "kv_raw" else h
+        a = self.self_attn(h, kv, kv, mask)[0]
+        f = self.ff(x if self.bug == "ff_raw" else h)
+        if self.bug == "averaged":
+            return x + 0.5 * (a + f)
+        if self.bug == "no_residual":
+            return a + f
+        return x + a + f
+
+
+class _ParallelSum(_Parallel):
+    """Correct: the branches summed in a loop, the attention on its fused path."""
+
+    def forward(self, x, mask=None):
+        h = self.norm(x)
+        branches = (lambda t: self.self_attn(t, t, t, mask, need_weights=False)[0], self.ff)
+        return x + sum(branch(h) for branch in branches)
+
+
+class _ParallelTorchNorm(_Parallel):
+    """Correct: nn.LayerNorm instead of the course's (the same parameter names)."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__(d_model, n_heads, d_ff)
+        self.norm = nn.LayerNorm(d_model)
+
+
+BUGS["parallel_block"] = [
+    (bugged(_Parallel, "sequential"), "this is the sequential Pre-LN layer"),
+    (bugged(_Parallel, "post_norm"), "the sum is normalised (Post-LN)"),
+    (bugged(_Parallel, "kv_raw"), "keys and values come from the raw x"),
+    (bugged(_Parallel, "ff_raw"), "the feed-forward branch reads the raw x"),
+    (bugged(_Parallel, "averaged"), "the branches are averaged"),
+    (bugged(_Parallel, "no_residual"), "the residual is missing"),
+    (bugged(_Parallel, "no_mask"), "the mask is not passed"),
+    (lambda d, h, f: EncoderLayer(d, h, f), "parameter names differ"),
+]
+ALTERNATIVES["parallel_block"] = [_Parallel, _ParallelSum, _ParallelTorchNorm]
+CHECKS["parallel_block"] = checks.check_parallel_block
 
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS

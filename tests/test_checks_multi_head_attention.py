@@ -1,4 +1,4 @@
-"""Lesson 02's checks (multi-head attention): planted bugs are named,
+"""Lesson 02's checks (multi-head and multi-query attention): planted bugs are named,
 other correct implementations pass."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from check_helpers import planted_bug_tests
+from check_helpers import bugged, planted_bug_tests
 from torch import nn
 
 from tfx_course import attention as A
@@ -194,6 +194,103 @@ CHECKS = {
     "merge_heads": checks.check_merge_heads,
     "multi_head_attention": checks.check_multi_head_attention,
 }
+
+
+# --- multi_query_attention ------------------------------------------------------------
+
+
+class _MultiQuery(nn.Module):
+    """Multi-query attention with one planted bug (or none), named by ``bug``."""
+
+    bug = ""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        kv_size = d_model if self.bug == "kv_full_size" else self.d_head
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, kv_size)
+        self.v_proj = nn.Linear(d_model, kv_size)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, query, key, value, mask=None):
+        B, T, C = query.shape
+        key, value = {"kv_swapped": (value, key), "value_from_key": (key, key)}.get(
+            self.bug, (key, value)
+        )
+        q = A.split_heads(self.q_proj(query), self.n_heads)  # (B, H, T, D)
+        k = self.k_proj(key).unsqueeze(1)  # (B, 1, S, D)
+        v = self.v_proj(value).unsqueeze(1)  # (B, 1, S, D)
+        scale = {"no_scale": 1.0, "scale_d_model": C**-0.5}.get(self.bug, self.d_head**-0.5)
+        scores = q @ k.transpose(-2, -1) * scale  # (B, H, T, S)
+        if mask is not None and self.bug != "mask_ignored":
+            scores = A.mask_scores(scores, mask)
+        weights = scores.softmax(dim=-1)
+        x = weights @ v  # (B, H, T, D)
+        x = x.reshape(B, T, C) if self.bug == "merge_order" else A.merge_heads(x)
+        out = x if self.bug == "no_out_proj" else self.out_proj(x)
+        return out if self.bug == "out_only" else (out, weights)
+
+
+class _MultiQueryRepeated(_MultiQuery):
+    """Correct: copy the key and value head H times, then run the standard attention."""
+
+    def forward(self, query, key, value, mask=None):
+        H = self.n_heads
+        q = A.split_heads(self.q_proj(query), H)  # (B, H, T, D)
+        k = A.split_heads(self.k_proj(key).repeat(1, 1, H), H)  # (B, H, S, D), H equal heads
+        v = A.split_heads(self.v_proj(value).repeat(1, 1, H), H)  # (B, H, S, D)
+        x, weights = A.scaled_dot_product_attention(q, k, v, mask)
+        return self.out_proj(A.merge_heads(x)), weights
+
+
+class _MultiQueryEinsum(_MultiQuery):
+    """Correct: einsum over the shared head, without copying it."""
+
+    def forward(self, query, key, value, mask=None):
+        H, D = self.n_heads, self.d_head
+        q = self.q_proj(query).unflatten(-1, (H, D))  # (B, T, H, D)
+        k, v = self.k_proj(key), self.v_proj(value)  # (B, S, D)
+        scores = torch.einsum("bthd,bsd->bhts", q, k) / math.sqrt(D)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, -1e9)
+        weights = scores.softmax(dim=-1)  # (B, H, T, S)
+        x = torch.einsum("bhts,bsd->bthd", weights, v).flatten(2)  # (B, T, C)
+        return self.out_proj(x), weights
+
+
+def test_the_multi_query_reference_equals_torchs_grouped_query_attention():
+    # The check compares with the course's MultiHeadAttention whose H key and value heads are
+    # copies of one; PyTorch's enable_gqa path broadcasts the one head instead.
+    from tfx_course.checks.multi_head_attention import _as_multi_head, _MultiQueryWeights
+
+    torch.manual_seed(0)
+    ref = _MultiQueryWeights(16, 4)
+    gen = torch.Generator().manual_seed(1)
+    query, key = torch.randn(2, 5, 16, generator=gen), torch.randn(2, 7, 16, generator=gen)
+    mask = A.padding_mask(torch.tensor([[True] * 7, [True] * 4 + [False] * 3]))
+    with torch.no_grad():
+        out, _ = _as_multi_head(ref, 4)(query, key, key, mask)
+        q = A.split_heads(ref.q_proj(query), 4)  # (B, H, T, D)
+        k, v = ref.k_proj(key)[:, None], ref.v_proj(key)[:, None]  # (B, 1, S, D)
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True)
+        torch.testing.assert_close(out, ref.out_proj(A.merge_heads(x)))
+
+
+BUGS["multi_query_attention"] = [
+    (bugged(_MultiQuery, "kv_full_size"), "k_proj and v_proj map d_model=16 to d_head=4"),
+    (bugged(_MultiQuery, "no_scale"), "missing the 1/sqrt(d_head) scaling"),
+    (bugged(_MultiQuery, "scale_d_model"), "sqrt(d_model) instead of sqrt(d_head)"),
+    (bugged(_MultiQuery, "kv_swapped"), "key and value swapped"),
+    (bugged(_MultiQuery, "value_from_key"), "the values come from `key`"),
+    (bugged(_MultiQuery, "merge_order"), "heads merged in the wrong order"),
+    (bugged(_MultiQuery, "no_out_proj"), "output projection missing"),
+    (bugged(_MultiQuery, "mask_ignored"), "blocked positions get non-zero weight"),
+    (bugged(_MultiQuery, "out_only"), "should return a pair"),
+    (A.MultiHeadAttention, "k_proj and v_proj map d_model=16 to d_head=4"),
+]
+ALTERNATIVES["multi_query_attention"] = [_MultiQuery, _MultiQueryRepeated, _MultiQueryEinsum]
+CHECKS["multi_query_attention"] = checks.check_multi_query_attention
 
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS

@@ -1,11 +1,12 @@
-"""Lesson 04's checks (residuals and LayerNorm): planted bugs are named,
+"""Lesson 04's checks (residuals, LayerNorm and ReZero): planted bugs are named,
 other correct implementations pass."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from check_helpers import planted_bug_tests
+from check_helpers import bugged, planted_bug_tests
+from torch import nn
 
 from tfx_course import checks
 from tfx_course.layers import LayerNorm
@@ -85,10 +86,6 @@ ALTERNATIVES = {
 
 CHECKS = {name: getattr(checks, f"check_{name}") for name in BUGS}
 
-test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
-    BUGS, ALTERNATIVES, CHECKS
-)
-
 
 def test_the_library_layer_norm_passes():
     def library_layer_norm(x, w, b, eps=1e-5):
@@ -99,3 +96,81 @@ def test_the_library_layer_norm_passes():
         return norm(x)
 
     assert checks.check_layer_norm(library_layer_norm).passed
+
+
+# --- rezero_residual --------------------------------------------------------------------
+
+
+class _ReZero(nn.Module):
+    """ReZero with one planted bug (or none), named by ``bug``."""
+
+    bug = ""
+
+    def __init__(self, sublayer):
+        super().__init__()
+        self.sublayer = sublayer
+        start = {"starts_at_one": torch.ones(()), "per_feature": torch.zeros(16)}
+        alpha = start.get(self.bug, torch.zeros(()))
+        if self.bug == "plain_tensor":
+            self.alpha = alpha
+        elif self.bug == "buffer":
+            self.register_buffer("alpha", alpha)
+        else:
+            self.alpha = nn.Parameter(alpha)
+        if self.bug == "with_norm":
+            self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        f, a = self.sublayer, self.alpha
+        if self.bug == "detached":
+            a = a.item()
+        return {
+            "ungated": lambda: x + f(x),
+            "gates_input": lambda: x + f(a * x),
+            "gates_residual": lambda: a * (x + f(x)),
+            "norm_inside": lambda: x + a * f(F.layer_norm(x, x.shape[-1:])),
+        }.get(self.bug, lambda: x + a * f(x))()
+
+
+class _ReZeroVector(nn.Module):
+    """Correct: alpha of shape (1,), the product written with torch.addcmul."""
+
+    def __init__(self, sublayer):
+        super().__init__()
+        self.add_module("sublayer", sublayer)
+        self.alpha = nn.Parameter(torch.tensor([0.0]))
+
+    def forward(self, x):
+        return torch.addcmul(x, self.alpha, self.sublayer(x))
+
+
+class _ReZeroMul(nn.Module):
+    """Correct: the gate applied with Tensor.mul."""
+
+    def __init__(self, sublayer):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(()))
+        self.sublayer = sublayer
+
+    def forward(self, x):
+        return x + self.sublayer(x).mul(self.alpha)
+
+
+BUGS["rezero_residual"] = [
+    (bugged(_ReZero, "plain_tensor"), "not an nn.Parameter"),
+    (bugged(_ReZero, "buffer"), "not an nn.Parameter"),
+    (bugged(_ReZero, "starts_at_one"), "it must start at 0"),
+    (bugged(_ReZero, "per_feature"), "one number, shape () or (1,)"),
+    (bugged(_ReZero, "with_norm"), "parameters besides alpha"),
+    (bugged(_ReZero, "ungated"), "not multiplied by alpha"),
+    (bugged(_ReZero, "gates_input"), "scales the sublayer's input"),
+    (bugged(_ReZero, "gates_residual"), "alpha scales the residual too"),
+    (bugged(_ReZero, "norm_inside"), "ReZero has no norm"),
+    (bugged(_ReZero, "detached"), "no gradient reaches alpha"),
+]
+ALTERNATIVES["rezero_residual"] = [_ReZero, _ReZeroVector, _ReZeroMul]
+CHECKS["rezero_residual"] = checks.check_rezero_residual
+
+test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
+    BUGS, ALTERNATIVES, CHECKS
+)

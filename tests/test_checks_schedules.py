@@ -1,4 +1,4 @@
-"""The learning-rate schedule checks (lessons 07 and 09): planted bugs are named,
+"""The learning-rate schedule checks (lesson 09): planted bugs are named,
 other correct implementations pass."""
 
 from __future__ import annotations

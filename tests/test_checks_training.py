@@ -1,9 +1,10 @@
-"""The training checks (lessons 07 and 09): planted bugs are named,
+"""The training checks (lesson 09): planted bugs are named,
 other correct implementations pass."""
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +185,78 @@ ALTERNATIVES = {
 }
 
 CHECKS = {name: getattr(checks, f"check_{name}") for name in BUGS}
+
+
+# --- ema_update -----------------------------------------------------------------------
+
+
+def _ema(ema_model, model, decay, *, bug=""):
+    pairs = list(zip(ema_model.parameters(), model.parameters(), strict=True))
+    if bug == "swapped_models":
+        pairs = [(p, e) for e, p in pairs]
+    for e, p in pairs:
+        if bug == "no_grad_missing":
+            e.mul_(decay).add_(p, alpha=1 - decay)
+            continue
+        with torch.no_grad():
+            if bug == "rebound":
+                e = decay * e + (1 - decay) * p  # the planted mistake: rebinds, changes nothing
+            elif bug == "swapped_decay":
+                e.mul_(1 - decay).add_(p, alpha=decay)
+            elif bug == "copied":
+                e.copy_(p)
+            else:
+                e.mul_(decay).add_(p, alpha=1 - decay)
+        if bug == "first_only":
+            break
+    if bug == "replaced":
+        for name, _ in model.named_parameters():
+            module_name, _, attr = name.rpartition(".")
+            owner = ema_model.get_submodule(module_name)
+            setattr(owner, attr, torch.nn.Parameter(getattr(owner, attr).detach().clone()))
+    if bug == "recorded":
+        for e in ema_model.parameters():
+            e.grad = torch.zeros_like(e)
+    return None if bug == "no_return" else ema_model
+
+
+def _ema_lerp(ema_model, model, decay):
+    with torch.no_grad():
+        ema_params, params = list(ema_model.parameters()), list(model.parameters())
+        torch._foreach_lerp_(ema_params, params, 1 - decay)
+    return ema_model
+
+
+def _ema_state_dict(ema_model, model, decay):
+    # By name, through state dicts: load_state_dict copies into the existing parameters.
+    ema_state, state = ema_model.state_dict(), model.state_dict()
+    mixed = {k: decay * v + (1 - decay) * state[k] for k, v in ema_state.items()}
+    ema_model.load_state_dict(mixed)
+    return ema_model
+
+
+def _ema_torch(ema_model, model, decay):
+    # PyTorch's own EMA helper, applied parameter by parameter.
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    with torch.no_grad():
+        get_ema_multi_avg_fn(decay)(list(ema_model.parameters()), list(model.parameters()), 1)
+    return ema_model
+
+
+BUGS["ema_update"] = [
+    (partial(_ema, bug="rebound"), "the EMA did not change"),
+    (partial(_ema, bug="swapped_decay"), "decay and 1 - decay are swapped"),
+    (partial(_ema, bug="copied"), "overwritten with the model's weights"),
+    (partial(_ema, bug="first_only"), "only the first parameter was updated"),
+    (partial(_ema, bug="swapped_models"), "the model's weights changed"),
+    (partial(_ema, bug="no_grad_missing"), "torch.no_grad()"),
+    (partial(_ema, bug="replaced"), "were replaced by new ones"),
+    (partial(_ema, bug="recorded"), "recorded by autograd"),
+    (partial(_ema, bug="no_return"), "returned NoneType"),
+]
+ALTERNATIVES["ema_update"] = [_ema, _ema_lerp, _ema_state_dict, _ema_torch]
+CHECKS["ema_update"] = checks.check_ema_update
 
 test_planted_bug_is_named, test_other_correct_implementation_passes = planted_bug_tests(
     BUGS, ALTERNATIVES, CHECKS

@@ -8,14 +8,13 @@ from a local HTTP server, so they never touch the network.
 import gzip
 import hashlib
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fake_server import FakeServer
 
 from tfx_course.cli import main
-from tfx_course.data import multi30k
+from tfx_course.data import download, multi30k
 from tfx_course.data.multi30k import (
     ChecksumError,
     DownloadError,
@@ -93,51 +92,14 @@ FILES = _fake_files()
 SUMS = {name: hashlib.sha256(data).hexdigest() for name, data in FILES.items()}
 
 
-class _Server:
-    """Serve ``files`` on 127.0.0.1; names in ``truncate`` get only half their bytes."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files, self.truncate, self.requests = dict(files), set(), []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                name = self.path.rsplit("/", 1)[-1]
-                server.requests.append(name)
-                if name not in server.files:
-                    self.send_error(404)
-                    return
-                data = server.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if name in server.truncate:  # the connection drops half-way
-                    self.wfile.write(data[: len(data) // 2])
-                    self.close_connection = True
-                else:
-                    self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/raw/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    s = _Server(FILES)
+    s = FakeServer(FILES)
     yield s
     s.close()
 
 
-def _download(root: Path, server: _Server, **kw) -> Path:
+def _download(root: Path, server: FakeServer, **kw) -> Path:
     return download_multi30k(root, base_url=server.url, checksums=SUMS, progress=False, **kw)
 
 
@@ -177,7 +139,7 @@ def test_interrupted_download_leaves_no_file(tmp_path, server):
 
 
 def test_ctrl_c_during_a_download_leaves_no_file(tmp_path, server, monkeypatch):
-    real_urlopen = multi30k.urllib.request.urlopen
+    real_urlopen = download.urllib.request.urlopen
 
     class Interrupted:
         def __init__(self, response) -> None:
@@ -196,7 +158,7 @@ def test_ctrl_c_during_a_download_leaves_no_file(tmp_path, server, monkeypatch):
             self.response.close()
 
     monkeypatch.setattr(
-        multi30k.urllib.request, "urlopen", lambda *a, **kw: Interrupted(real_urlopen(*a, **kw))
+        download.urllib.request, "urlopen", lambda *a, **kw: Interrupted(real_urlopen(*a, **kw))
     )
     with pytest.raises(KeyboardInterrupt):
         _download(tmp_path, server)
@@ -237,7 +199,7 @@ def test_corrupt_file_is_named_removed_and_fetched_again(tmp_path, server, capsy
 
 def test_corrupt_file_in_a_read_only_folder_is_left_and_explained(tmp_path, monkeypatch):
     folder = _place(tmp_path, {**FILES, "train.de.gz": b"not the file"})
-    monkeypatch.setattr(multi30k, "_writable", lambda folder: False)
+    monkeypatch.setattr(download, "_writable", lambda folder: False)
     with pytest.raises(ChecksumError, match="read-only") as err:
         load_multi30k("train", tmp_path, checksums=SUMS)
     assert "TFX_COURSE_DATA" in str(err.value) and "train.de.gz" in str(err.value)
@@ -297,8 +259,8 @@ def test_line_counts_must_match(tmp_path):
 def test_each_file_is_hashed_once(tmp_path, monkeypatch):
     _place(tmp_path, FILES)
     calls = []
-    real = multi30k.sha256_file
-    monkeypatch.setattr(multi30k, "sha256_file", lambda path: calls.append(path) or real(path))
+    real = download.sha256_file
+    monkeypatch.setattr(download, "sha256_file", lambda path: calls.append(path) or real(path))
     for _ in range(3):
         load_multi30k("train", tmp_path, checksums=SUMS)
     assert len(calls) == 2  # train.de.gz and train.en.gz, the first time only

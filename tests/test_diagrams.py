@@ -8,7 +8,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "notebooks" / "figures"
-EXPECTED = {"transformer.svg", "attention.svg", "pre_post_ln.svg", "kv_cache.svg"}
+EXPECTED = {
+    "transformer.svg",
+    "attention.svg",
+    "pre_post_ln.svg",
+    "kv_cache.svg",
+    "lstm_seq2seq.svg",
+}
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ INLINE = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HTML_LINK = re.compile(r"<(?:a|img)\b[^>]*?\b(?:href|src)\s*=\s*[\"']([^\"']+)[\"']", re.I)
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
-COMMAND = re.compile(r"(?:(?<![\w-])tfx-course|-m\s+tfx_course\.cli)(?![\w-])(.*)")
+COMMAND = re.compile(r"(?:(?<![\w-])(?<!--name )tfx-course|-m\s+tfx_course\.cli)(?![\w-])(.*)")
 SHELL_STOP = {"|", "||", "&&", ";", ">", ">>", "2>", "<"}
 # Author-year citations: "Xiong et al. (2020", "Post, 2018", "Sennrich, Haddow and Birch, 2016".
 CITATION = re.compile(
@@ -339,7 +339,9 @@ def test_every_reference_has_a_year_a_stable_link_and_the_lessons_that_use_it():
         assert re.fullmatch(r"(19|20)\d\d|—", year), f"{work}: year {year!r}"
         assert re.search(r"\]\(https://", link), f"{work}: no https link"
         assert len(use) >= 10, f"{work}: say what the course uses from it"
-        assert re.search(r"\]\((\.\./notebooks/\d\d_\w+\.ipynb|instructors\.md)\)", lessons), work
+        assert re.search(
+            r"\]\((\.\./(notebooks|exercises)/\d\d_\w+\.ipynb|instructors\.md)\)", lessons
+        ), work
 
 
 @pytest.mark.parametrize("page", ["docs/glossary.md", "docs/references.md"])

@@ -158,3 +158,22 @@ def test_clipped_ngram_matches_sum_to_sacrebleus_corpus_statistics():
             m, t = clipped_ngram_matches(h.split(), r.split(), n)
             matches, totals = matches + m, totals + t
         assert (matches, totals) == (stats.counts[n - 1], stats.totals[n - 1])
+
+
+# --- paired bootstrap ----------------------------------------------------------------------
+
+
+def test_paired_bootstrap_tells_a_real_difference_from_none():
+    from tfx_course.evaluation import paired_bootstrap
+
+    refs = [f"a man number {i} walks a big dog in the park today" for i in range(60)]
+    good = list(refs)
+    bad = [f"a man number {i} walks" if i % 2 else r for i, r in enumerate(refs)]
+    tests = paired_bootstrap(good, {"bad": bad, "same": list(good)}, refs, n_samples=200)
+    assert tests["bad"].baseline == pytest.approx(score_bleu(good, refs).score)
+    assert tests["bad"].system == pytest.approx(score_bleu(bad, refs).score)
+    assert tests["bad"].change < -10 and tests["bad"].p_value < 0.05
+    assert tests["same"].change == 0 and tests["same"].p_value == 1.0
+    assert "bs:200" in tests["bad"].signature
+    with pytest.raises(ValueError, match="bad: 2 outputs for 60 references"):
+        paired_bootstrap(good, {"bad": bad[:2]}, refs)

@@ -157,4 +157,4 @@ def test_grade_workflow_runs_the_grader_on_push():
     runs = "\n".join(step.get("run", "") for step in steps)
     assert "make setup" in runs
     assert ".venv/bin/tfx-course grade" in runs and "--junit" in runs
-    assert workflow["env"]["EXERCISES"].startswith("exercises/")
+    assert workflow["env"]["LESSONS_FILE"].startswith("exercises/")

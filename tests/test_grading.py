@@ -47,15 +47,18 @@ def _eve(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-STUDENTS = ("alice", "bob", "carol", "dave", "eve")
+STUDENTS = ("alice", "bob", "carol", "dave", "eve", "frank")
+NAME_02 = "02_multi_head_attention.ipynb"
 
 
 def _grade_class(folder: Path) -> tuple[int, dict, Path]:
     """Grade alice (correct), bob (partly wrong), carol (broken file), dave (untouched), eve
-    (kernel dies)."""
+    (kernel dies), frank (lesson 02 only, untouched, and an old copy of 01 kept by a reset)."""
     for student in STUDENTS:
         (folder / student).mkdir()
     (folder / "alice" / NAME).write_text(SOLUTION.read_text())
+    (folder / "frank" / NAME_02).write_text((ROOT / "exercises" / NAME_02).read_text())
+    (folder / "frank" / NAME.replace(".ipynb", ".bak-1.ipynb")).write_text(SOLUTION.read_text())
     _bob(folder / "bob" / NAME)
     (folder / "carol" / NAME).write_text(SOLUTION.read_text()[:500])  # truncated upload
     (folder / "dave" / NAME).write_text(STUDENT.read_text())
@@ -69,11 +72,12 @@ def _grade_class(folder: Path) -> tuple[int, dict, Path]:
     return code, rows, junit
 
 
-def test_grading_a_class_folder(tmp_path):
-    # One kernel run per student for every assertion below: kernels are the slow part.
+def test_grading_a_class_folder(tmp_path, capsys):
+    # One kernel run per notebook for every assertion below: kernels are the slow part.
     code, rows, junit = _grade_class(tmp_path)
     assert code == 1, "some exercise failed, so the exit code is 1"
-    assert set(rows) == {(s, e) for s in STUDENTS for e in LESSONS["01"]}
+    # A notebook someone else handed in and a student did not counts as failed rows for them.
+    assert set(rows) == {(s, e) for s in STUDENTS for e in LESSONS["01"] + LESSONS["02"]}
 
     def verdict(student, exercise):
         return rows[(student, exercise)]["passed"] == "1", rows[(student, exercise)]["message"]
@@ -97,6 +101,21 @@ def test_grading_a_class_folder(tmp_path):
         assert verdict("eve", exercise)[0]
     for exercise in LESSONS["01"][3:]:
         assert verdict("eve", exercise)[1].startswith("not reached: the kernel died")
+    for exercise in LESSONS["01"]:  # frank's old copy (a reset's backup) is not graded
+        assert verdict("frank", exercise) == (False, f"not submitted: frank has no {NAME}")
+    for student in STUDENTS:
+        for exercise in LESSONS["02"]:
+            passed, message = verdict(student, exercise)
+            assert not passed
+            expected = "not attempted yet" if student == "frank" else "not submitted"
+            assert message.startswith(expected), (student, message)
+
+    # The room's progress: attention_scores passed for alice and eve, failed for the other four.
+    rates = capsys.readouterr().out.split("Pass rate per exercise (6 students):\n")[1]
+    lines = {line.split()[1]: line.split() for line in rates.splitlines() if line.strip()}
+    assert lines["attention_scores"][:6] == ["01", "attention_scores", "2", "of", "6", "33%"]
+    assert lines["split_heads"][:6] == ["02", "split_heads", "0", "of", "6", "0%"]
+    assert list(lines) == list(LESSONS["01"] + LESSONS["02"])
 
     root = ET.parse(junit).getroot()
     cases = root.findall("./testsuite/testcase")

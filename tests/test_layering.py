@@ -27,8 +27,16 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("distributed", {"distributed"}),
     ("checkpoint", {"checkpoint"}),
     ("decoding, training", {"decoding", "training"}),
+    ("fast paths: static_decoding, fast_training", {"static_decoding", "fast_training"}),
     ("evaluation", {"evaluation"}),
     ("translation, pretrained", {"translation", "pretrained"}),
+    ("Part III: interpret", {"interpret"}),
+    ("part III: efficiency", {"efficiency"}),
+    ("Part III: the lessons' experiments", {"baselines"}),
+    (
+        "experiments: diagnosis, tuning, transfer, low resource",
+        {"diagnosis", "tuning", "transfer", "lowresource"},
+    ),  # fmt: skip
     ("deployment: quantization", {"quantize"}),
     ("deployment: export, Hugging Face", {"export", "hf"}),
     ("deployment: serving", {"serve"}),

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _lock_pins() -> dict[str, str]:
     pins = {}
     for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
-        line = line.strip()
+        line = line.split(";")[0].strip()  # a pin may carry an environment marker
         if line and not line.startswith("#"):
             name, version = line.split("==")
             pins[name.lower().replace("_", "-")] = version
@@ -185,3 +185,28 @@ def test_each_lesson_states_the_cpu_time_that_was_measured(load_script):
         first = "".join(json.loads(path.read_text())["cells"][0]["source"])
         stated = f"**Time**: CPU (2 cores): {time_lessons.stated_time(measured[path.name])} to run"
         assert stated in first, f"{path.name} should state '{stated}'"
+
+
+def test_the_conda_route_registers_the_kernel_the_notebooks_ask_for():
+    from tfx_course import doctor
+
+    lessons = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    kernels = {json.loads(p.read_text())["metadata"]["kernelspec"]["name"] for p in lessons}
+    assert kernels == {"tfx-course"} == {doctor.KERNEL}
+    assert re.search(r"^KERNEL := tfx-course$", (ROOT / "Makefile").read_text(), re.M)
+    command = 'python -m ipykernel install --user --name tfx-course --display-name "Python (tfx_course)"'  # fmt: skip
+    assert command in (ROOT / "environment.yml").read_text()
+    assert command in (ROOT / "README.md").read_text()
+    assert "conda env create -f environment.yml" in (ROOT / "README.md").read_text()
+
+
+def test_license_covers_code_and_prose_with_a_holder():
+    text = (ROOT / "LICENSE").read_text()
+    assert "MIT License" in text and "Copyright (c) the tfx_course authors" in text
+    assert "CC BY 4.0" in text and "creativecommons.org/licenses/by/4.0" in text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    readme = (ROOT / "README.md").read_text()
+    for heading in ("## License", "## Data and its terms"):
+        assert heading in readme
+    assert "CC BY 2.0" in readme and "non-commercial" in readme

@@ -1,4 +1,5 @@
-"""The package works installed from a wheel, away from the repository: it ships its course model."""
+"""The package works installed from a wheel, away from the repository: it ships its course model
+and the student notebooks."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ package = Path(tfx_course.__file__).resolve().parent
 assert package.parent == site, package  # the installed copy, not the repository's
 assert course_checkpoint_dir().resolve().parent == package
 assert not any(Path(p or ".").resolve() in (repo, repo / "tfx_course") for p in sys.path), sys.path
+# A fresh exercise notebook comes from the package, with no solutions folder anywhere near.
+from tfx_course.grading.classroom import reset_exercise
+
+fresh, _ = reset_exercise("01", Path.cwd())
+assert fresh.read_bytes() == (package / "student_notebooks" / fresh.name).read_bytes()
 model, tokenizer = load_course_model()
 print(translate(model, [sys.argv[3]], tokenizer, tokenizer, max_len=80)[0])
 """
@@ -43,7 +49,7 @@ def test_a_wheel_installed_outside_the_repository_loads_the_course_model_and_tra
     # Build from a copy of what the package is made of, so no earlier build/ folder can help.
     source = tmp_path / "source"
     shutil.copytree(REPO / "tfx_course", source / "tfx_course", ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copyfile(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     build = [
@@ -83,3 +89,8 @@ def test_a_wheel_installed_outside_the_repository_loads_the_course_model_and_tra
     expected = translate(model, [SENTENCE], tokenizer, tokenizer, max_len=80)[0]
     assert done.stdout.strip() == expected and len(expected.split()) >= 4
     assert (site / "tfx_course" / "course_checkpoint" / "model.pt").is_file()
+    shipped = sorted(
+        p.name for p in (site / "tfx_course" / "student_notebooks").glob("[0-9][0-9]_*.ipynb")
+    )
+    assert shipped == sorted(p.name for p in (REPO / "exercises").glob("[0-9][0-9]_*.ipynb"))
+    assert (tmp_path / "01_self_attention.ipynb").is_file()  # written by the reset above

@@ -14,44 +14,62 @@ def _doctor(args: argparse.Namespace) -> int:
     from tfx_course import doctor
 
     report = doctor.run(verbose=True)
-    return 1 if (args.strict and report.problems) else 0
+    return 1 if report.blocking or (args.strict and report.problems) else 0
+
+
+DATASETS = ("multi30k", "tatoeba")
+
+
+def _data_sets(choice: str) -> list[tuple[str, object, object, object]]:
+    """Return (name, download, status, folder) of each data set ``choice`` names ("all": every one)."""
+    from tfx_course.data import multi30k, tatoeba
+
+    known = {
+        "multi30k": ("Multi30k", multi30k.download_multi30k, multi30k.multi30k_status, multi30k.multi30k_folder),
+        "tatoeba": ("Tatoeba", tatoeba.download_tatoeba, tatoeba.tatoeba_status, tatoeba.tatoeba_folder),
+    }  # fmt: skip
+    return [known[name] for name in (DATASETS if choice == "all" else (choice,))]
 
 
 def _data_download(args: argparse.Namespace) -> int:
-    from tfx_course.data.multi30k import Multi30kError, download_multi30k
+    from tfx_course.data.download import DataError
 
-    try:
-        folder = download_multi30k(args.root, force=args.force)
-    except Multi30kError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"Multi30k: all files present and verified in {folder}")
+    for name, download, _, _ in _data_sets(args.dataset):
+        try:
+            folder = download(args.root, force=args.force)
+        except DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"{name}: all files present and verified in {folder}")
     return 0
 
 
 def _data_status(args: argparse.Namespace) -> int:
-    from tfx_course.data.multi30k import multi30k_folder, multi30k_status
-
-    states = multi30k_status(args.root)
-    print(f"Multi30k folder: {multi30k_folder(args.root)}")
-    for name, state in states.items():
-        print(f"  {state:<8} {name}")
-    bad = [name for name, state in states.items() if state != "ok"]
+    bad = []
+    for name, _, status, folder in _data_sets(args.dataset):
+        states = status(args.root)
+        print(f"{name} folder: {folder(args.root)}")
+        for file, state in states.items():
+            print(f"  {state:<8} {file}")
+        bad += [file for file, state in states.items() if state != "ok"]
     if bad:
         print("Fix: run `tfx-course data download` (needs internet), or copy good files there.")
     return 1 if bad else 0
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="download and check the course data (Multi30k)")
+    data = sub.add_parser("data", help="download and check the course data (Multi30k, Tatoeba)")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    root_help = "data folder holding multi30k/ (default: $TFX_COURSE_DATA or ~/.cache/tfx_course)"
+    root_help = "data folder holding multi30k/ and tatoeba-fra-eng/ (default: $TFX_COURSE_DATA or ~/.cache/tfx_course)"  # fmt: skip
+    set_help = "which data set (default: all of them)"
     p = data_sub.add_parser("download", help="fetch missing or corrupt files, check their sha256")
     p.add_argument("--root", default=None, help=root_help)
     p.add_argument("--force", action="store_true", help="download every file again")
+    p.add_argument("--dataset", choices=[*DATASETS, "all"], default="all", help=set_help)
     p.set_defaults(func=_data_download)
     p = data_sub.add_parser("status", help="say which files are ok, missing or corrupt")
     p.add_argument("--root", default=None, help=root_help)
+    p.add_argument("--dataset", choices=[*DATASETS, "all"], default="all", help=set_help)
     p.set_defaults(func=_data_status)
 
 
@@ -222,18 +240,48 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_serve)
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from tfx_course.diagnosis import diagnose
+
+    try:
+        history = json.loads(Path(args.history).read_text(encoding="utf-8"))
+        found = diagnose(history)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+        print(f"error: {args.history}: {err}", file=sys.stderr)
+        return 2
+    print(found)
+    return 0 if found.symptom == "healthy" else 1
+
+
+def _add_diagnose_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diagnose",
+        help="read a run's history.json and name its symptom (diverged, unstable, plateau, "
+        "overfitting or healthy); exit 0 if healthy, 1 if not",
+    )
+    p.add_argument("history", help="a history.json written by tfx-course train (History.to_dict())")
+    p.set_defaults(func=_diagnose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfx-course", description="Helpers for the tfx_course Transformer course."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("doctor", help="check Python, torch, the device and the course data")
-    p.add_argument("--strict", action="store_true", help="exit with 1 if any problem is found")
+    p = sub.add_parser(
+        "doctor",
+        help="check Python, torch, JupyterLab, the kernel, the course checkpoint, disk space, "
+        "the device and the course data (exit 1 if the course cannot run)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="exit with 1 on any problem, the data's too"
+    )
     p.set_defaults(func=_doctor)
     _add_data_commands(sub)
     _add_train_command(sub)
     _add_translate_command(sub)
     _add_serve_command(sub)
+    _add_diagnose_command(sub)
     from tfx_course.grading.cli import add_commands as add_grade_commands
 
     add_grade_commands(sub)

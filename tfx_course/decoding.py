@@ -233,13 +233,20 @@ def beam_search(
         stepper = _Stepper(model, src, use_cache)
         stepper.repeat_rows(beam_size)
         ids = (bos_id, eos_id, pad_id)
-        beams = _Beams(src.shape[0], beam_size, length_penalty, max_len, ids, stepper.src.device)
-        for _ in range(max_len):
-            index = beams.advance(stepper.next_logits(beams.tokens))
-            if beams.all_done():
-                break
-            stepper.reorder(index)
-        return beams.best()
+        return _beam_loop(stepper, src.shape[0], beam_size, length_penalty, max_len, ids)
+
+
+def _beam_loop(
+    stepper: _Stepper, B: int, K: int, alpha: float, max_len: int, ids: tuple[int, int, int]
+) -> Tensor:
+    """Run beam search on a stepper whose rows are already the K copies of each of B sentences."""
+    beams = _Beams(B, K, alpha, max_len, ids, stepper.src.device)
+    for _ in range(max_len):
+        index = beams.advance(stepper.next_logits(beams.tokens))
+        if beams.all_done():
+            break
+        stepper.reorder(index)
+    return beams.best()
 
 
 class _Beams:

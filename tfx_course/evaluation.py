@@ -9,13 +9,14 @@ BLEU is reported beside it for comparison with older tutorials that lower-case e
 This module is the one BLEU path of the course: ``evaluate_translation`` translates (batching
 sentences of similar token length) and ``score_bleu`` scores; validation during training,
 the course checkpoint's test2016 scores and the GPU run all go through them.
+``paired_bootstrap`` asks whether two systems' BLEU on the same sentences really differ.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +28,18 @@ from tfx_course.decoding import DecodableModel, translate
 __all__ = [
     "BleuResult",
     "score_bleu",
+    "PairedBootstrap",
+    "paired_bootstrap",
     "TranslationEvaluation",
     "translate_by_length",
     "evaluate_translation",
     "clipped_ngram_matches",
     "exact_match",
 ]
+
+# decoding.translate's signature: (model, texts, src_tokenizer, tgt_tokenizer, max_len,
+# batch_size, beam_size, length_penalty, use_cache) -> texts. StaticDecoder.translate is another.
+Translator = Callable[..., list[str]]
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -110,6 +117,56 @@ def score_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> BleuResu
 
 
 @dataclass(frozen=True)
+class PairedBootstrap:
+    """One system against a baseline on the same sentences: BLEU of both and the p-value."""
+
+    baseline: float  # cased corpus BLEU of the baseline
+    system: float  # cased corpus BLEU of the system
+    p_value: float  # chance of a difference this large if the systems were equally good
+    signature: str  # sacreBLEU's, with the number of resamples and the seed
+
+    @property
+    def change(self) -> float:
+        """BLEU of the system minus BLEU of the baseline."""
+        return self.system - self.baseline
+
+
+def paired_bootstrap(
+    baseline: Sequence[str],
+    systems: Mapping[str, Sequence[str]],
+    references: Sequence[str],
+    n_samples: int = 1000,
+) -> dict[str, PairedBootstrap]:
+    """Compare each system's outputs with the baseline's by paired bootstrap resampling.
+
+    sacreBLEU's test (Koehn, 2004): resample the sentences ``n_samples`` times (seed 12345 unless
+    ``$SACREBLEU_SEED`` says otherwise), score both systems on each resample, and report how
+    often the difference is as large as the real one. All outputs are in the order of
+    ``references``. A system whose outputs equal the baseline's gets p = 1 (sacreBLEU's test
+    would report its smallest p-value for a difference of exactly zero).
+    """
+    if isinstance(references, str) or not systems:
+        raise ValueError("paired_bootstrap needs a list of references and at least one system")
+    for name, hyps in {"baseline": baseline, **systems}.items():
+        if len(hyps) != len(references):
+            raise ValueError(f"{name}: {len(hyps)} outputs for {len(references)} references")
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    named = [("baseline", list(baseline)), *((name, list(h)) for name, h in systems.items())]
+    test = PairedTest(named, {"BLEU": BLEU()}, [list(references)], "bs", n_samples)
+    signatures, results = test()
+    base, *rest = results["BLEU"]
+    signature = str(signatures["BLEU"])
+    return {
+        name: PairedBootstrap(
+            base.score, r.score, 1.0 if list(systems[name]) == named[0][1] else r.p_value, signature
+        )
+        for name, r in zip(systems, rest, strict=True)
+    }
+
+
+@dataclass(frozen=True)
 class TranslationEvaluation:
     """What ``evaluate_translation`` measured, with every output for error analysis."""
 
@@ -133,12 +190,15 @@ def translate_by_length(
     max_len: int | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    translator: Translator = translate,
 ) -> list[str]:
     """Translate ``texts`` in batches of similar token length; return the outputs in input order.
 
     Sorting by the number of source tokens puts sentences of one length in one batch, so
     little of each batch is padding. Greedy, or beam search with ``beam_size`` beams and the
     GNMT ``length_penalty``; ``tgt_tokenizer`` defaults to ``tokenizer`` (a shared vocabulary).
+    ``translator`` decodes each batch (``decoding.translate``, or e.g. a
+    ``static_decoding.StaticDecoder``'s ``translate``).
     """
     if isinstance(texts, str):
         raise TypeError("translate_by_length expects a list of strings; wrap one text as [text]")
@@ -152,7 +212,7 @@ def translate_by_length(
             rows = order[first : first + batch_size]
             batch = [texts[i] for i in rows]
             args = (max_len, len(rows), beam_size, length_penalty, use_cache)
-            for i, text in zip(rows, translate(model, batch, tokenizer, tgt_tokenizer, *args), strict=True):  # fmt: skip
+            for i, text in zip(rows, translator(model, batch, tokenizer, tgt_tokenizer, *args), strict=True):  # fmt: skip
                 outputs[i] = text
             bar.update(len(rows))
     return outputs
@@ -170,13 +230,15 @@ def evaluate_translation(
     progress: bool = False,
     tgt_tokenizer: Tokenizer | None = None,
     use_cache: bool = True,
+    translator: Translator = translate,
 ) -> TranslationEvaluation:
     """Translate the source side of ``pairs`` and score it with sacreBLEU against the target side.
 
     ``method`` is "greedy" or "beam" (``beam_size`` beams, GNMT ``length_penalty``). Sentences
     are batched by length (``translate_by_length``) and returned in input order.
     ``tgt_tokenizer`` defaults to ``tokenizer`` (one shared vocabulary); ``max_len`` caps the
-    generated tokens (default: the model's ``config.max_len``).
+    generated tokens (default: the model's ``config.max_len``). ``translator`` decodes each
+    batch (see ``translate_by_length``).
     """
     if method not in ("greedy", "beam"):
         raise ValueError(f'method must be "greedy" or "beam", got {method!r}')
@@ -188,6 +250,7 @@ def evaluate_translation(
     hypotheses = translate_by_length(
         model, sources, tokenizer, tgt_tokenizer, beam_size=beams, length_penalty=length_penalty,
         batch_size=batch_size, max_len=max_len, use_cache=use_cache, progress=progress,
+        translator=translator,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     name = "greedy" if method == "greedy" else f"beam {beam_size}"

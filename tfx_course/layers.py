@@ -10,6 +10,9 @@ the skip connections, for the ablation and gradient-flow experiments). Attention
 are returned by ``forward_with_weights``, never stored on the module; the same goes for the
 keys and values of cached decoding: ``DecoderLayer.step`` returns a new ``KVCache``, and
 ``DecoderCache`` holds one per layer with the masks' inputs (``Transformer.decode_step``).
+``StaticDecoderCache`` is the same cache preallocated at a fixed length and written in place
+(``DecoderLayer.write_step``): every step then has the same shapes, which a GPU can replay as
+one CUDA graph.
 """
 
 from __future__ import annotations
@@ -38,9 +41,17 @@ __all__ = [
     "DecoderLayer",
     "KVCache",
     "DecoderCache",
+    "StaticDecoderCache",
 ]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+
+
+def _tracing() -> bool:
+    """Return True while torch.compile traces or a CUDA graph is being captured."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 class TokenEmbedding(nn.Module):
@@ -64,9 +75,9 @@ class TokenEmbedding(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         if tokens.dtype not in (torch.long, torch.int):
             raise TypeError(f"tokens must be integer ids (torch.long), got dtype {tokens.dtype}")
-        # A check on the values cannot be traced into a graph (torch.export, torch.compile):
-        # there the embedding's own index check is what stops an id out of range.
-        if tokens.numel() > 0 and not torch.compiler.is_compiling():
+        # The range check reads the ids back to the CPU: a compiled graph or a CUDA graph being
+        # captured cannot, so there the caller checks its ids once, beforehand.
+        if tokens.numel() > 0 and not _tracing():
             low, high = torch.aminmax(tokens)
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(
@@ -117,6 +128,14 @@ class _PositionalEncoding(nn.Module):
             raise ValueError(f"expected (B, T, d_model={self.d_model}), got {shape_str(x)}")
         return self.dropout(x + self.pe[offset : offset + T])  # (B, T, C)
 
+    def at(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Add the encodings of ``positions`` (a tensor, so a CUDA graph can replay it).
+
+        Shapes: x (B, T, C), positions (T,) long -> (B, T, C). Positions are not checked
+        against max_len here (that would read them back to the CPU).
+        """
+        return self.dropout(x + self.pe.index_select(0, positions))  # (B, T, C)
+
 
 class SinusoidalPositionalEncoding(_PositionalEncoding):
     """Add the fixed sinusoidal encodings of positions 0..T-1, then dropout.
@@ -157,6 +176,10 @@ class NoPositionalEncoding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        return self.dropout(x)  # (B, T, C)
+
+    def at(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Ignore ``positions``, as ``forward`` ignores ``offset``."""
         return self.dropout(x)  # (B, T, C)
 
 
@@ -349,6 +372,57 @@ class DecoderCache:
         return DecoderCache(layers, pick(self.memory_mask, memory), pick(self.keep))
 
 
+@dataclass(frozen=True)
+class StaticDecoderCache:
+    """A decoder's KV cache preallocated for ``length`` target positions and written in place.
+
+    Shapes: layers, one ``KVCache`` per decoder layer whose self_k, self_v are (B, H, L, D)
+    buffers (L = length); memory_mask (B, 1, 1, S); keep (B, L) True at the real target tokens
+    written so far (False at padding and at positions not written yet); position (1,) long, where
+    the next token goes. ``Transformer.static_decode_step`` writes one position and advances
+    ``position``; no tensor changes shape, so the step can be captured as a CUDA graph.
+    """
+
+    layers: tuple[KVCache, ...]
+    memory_mask: Tensor
+    keep: Tensor
+    position: Tensor
+
+    @property
+    def length(self) -> int:
+        """Target positions the buffers hold (L)."""
+        return self.keep.shape[1]
+
+    def reorder_(self, index: Tensor) -> None:
+        """Make row i continue row ``index[i]`` of the same sentence, in place (beam search).
+
+        The memory's keys, values and mask stay: ``index`` only moves rows between copies of
+        one source sentence. Shapes: index (B,) long.
+        """
+        for cache in self.layers:
+            cache.self_k.copy_(cache.self_k.index_select(0, index))
+            cache.self_v.copy_(cache.self_v.index_select(0, index))
+        self.keep.copy_(self.keep.index_select(0, index))
+
+    def clone(self) -> StaticDecoderCache:
+        """Return a copy with buffers of its own."""
+        layers = tuple(
+            KVCache(c.self_k.clone(), c.self_v.clone(), c.cross_k.clone(), c.cross_v.clone())
+            for c in self.layers
+        )
+        rest = (self.memory_mask.clone(), self.keep.clone(), self.position.clone())
+        return StaticDecoderCache(layers, *rest)
+
+    def load_(self, other: StaticDecoderCache) -> None:
+        """Copy ``other``'s contents into this cache's buffers (same shapes), in place."""
+        pairs = [(self.memory_mask, other.memory_mask), (self.keep, other.keep)]
+        pairs.append((self.position, other.position))
+        for mine, theirs in zip(self.layers, other.layers, strict=True):
+            pairs += [(getattr(mine, f), getattr(theirs, f)) for f in ("self_k", "self_v", "cross_k", "cross_v")]  # fmt: skip
+        for target, source in pairs:
+            target.copy_(source)
+
+
 class DecoderLayer(_ResidualLayer):
     """Masked self-attention, cross-attention over the encoder's memory, then a feed-forward network.
 
@@ -418,15 +492,16 @@ class DecoderLayer(_ResidualLayer):
         h = self.ff(self._pre_norm(x, self.norm3))
         return self._add_and_norm(x, h, self.norm3), self_weights, cross_weights  # (B, T, C)
 
-    def start_cache(self, memory: Tensor) -> KVCache:
+    def start_cache(self, memory: Tensor, length: int = 0) -> KVCache:
         """Project the memory's keys and values once and return a cache with no target positions.
 
-        Shapes: memory (B, S, C) -> cross_k, cross_v (B, H, S, D); self_k, self_v (B, H, 0, D).
+        Shapes: memory (B, S, C) -> cross_k, cross_v (B, H, S, D); self_k, self_v (B, H, 0, D),
+        or zero buffers (B, H, length, D) for ``write_step`` to fill.
         """
         cross_k, cross_v = self.cross_attn.project_kv(memory, memory)  # (B, H, S, D)
         B, H, S, D = cross_k.shape
-        empty = cross_k.new_zeros(B, H, 0, D)  # (B, H, 0, D)
-        return KVCache(empty, empty, cross_k, cross_v)
+        self_k = cross_k.new_zeros(B, H, length, D)  # (B, H, length, D)
+        return KVCache(self_k, torch.zeros_like(self_k), cross_k, cross_v)
 
     def step(
         self,
@@ -442,15 +517,48 @@ class DecoderLayer(_ResidualLayer):
         broadcastable to (B, H, T, S) -> (B, T, C) and the cache grown to t + T positions.
         Equals the last T positions of ``forward`` on the whole prefix.
         """
-        need_weights = not self.fused_attention
         h = self._pre_norm(x, self.norm1)
         k, v = self.self_attn.project_kv(h, h)  # (B, H, T, D): the new positions only
         k = torch.cat([cache.self_k, k], dim=2)  # (B, H, t + T, D)
         v = torch.cat([cache.self_v, v], dim=2)  # (B, H, t + T, D)
-        h, _ = self.self_attn.attend(h, k, v, self_mask, need_weights)  # (B, T, C)
-        x = self._add_and_norm(x, h, self.norm1)
+        cache = dataclasses.replace(cache, self_k=k, self_v=v)
+        return self._attend_cached(x, h, cache, self_mask, memory_mask), cache
+
+    def write_step(
+        self,
+        x: Tensor,
+        cache: KVCache,
+        position: Tensor,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``step`` with a preallocated cache: write the new keys and values at ``position``.
+
+        Shapes: x (B, 1, C) the token at ``position`` (1,) long; cache.self_k, self_v (B, H, L, D)
+        buffers, written in place; self_mask broadcastable to (B, H, 1, L), False at the
+        positions not written yet -> (B, 1, C). Equals ``step`` (tested) without changing any
+        shape, so a CUDA graph can replay it.
+        """
+        h = self._pre_norm(x, self.norm1)
+        k, v = self.self_attn.project_kv(h, h)  # (B, H, 1, D)
+        cache.self_k.index_copy_(2, position, k)  # (B, H, L, D): written in place
+        cache.self_v.index_copy_(2, position, v)
+        return self._attend_cached(x, h, cache, self_mask, memory_mask)
+
+    def _attend_cached(
+        self,
+        x: Tensor,
+        h: Tensor,
+        cache: KVCache,
+        self_mask: Tensor | None,
+        memory_mask: Tensor | None,
+    ) -> Tensor:
+        """The rest of a cached step once the keys and values are in ``cache``."""
+        need_weights = not self.fused_attention
+        h, _ = self.self_attn.attend(h, cache.self_k, cache.self_v, self_mask, need_weights)
+        x = self._add_and_norm(x, h, self.norm1)  # (B, T, C)
         h = self._pre_norm(x, self.norm2)
         h, _ = self.cross_attn.attend(h, cache.cross_k, cache.cross_v, memory_mask, need_weights)
         x = self._add_and_norm(x, h, self.norm2)  # (B, T, C)
         h = self.ff(self._pre_norm(x, self.norm3))
-        return self._add_and_norm(x, h, self.norm3), dataclasses.replace(cache, self_k=k, self_v=v)
+        return self._add_and_norm(x, h, self.norm3)  # (B, T, C)

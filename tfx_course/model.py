@@ -30,6 +30,7 @@ from tfx_course.layers import (
     LearnedPositionalEncoding,
     NoPositionalEncoding,
     SinusoidalPositionalEncoding,
+    StaticDecoderCache,
     TokenEmbedding,
 )
 from tfx_course.validation import check_positive_int, check_probability, is_int
@@ -280,9 +281,10 @@ class Decoder(nn.Module):
             cross_weights.append(layer_cross)
         return self.norm(x), self_weights, cross_weights
 
-    def start_cache(self, memory: Tensor) -> tuple[KVCache, ...]:
-        """Return one empty ``KVCache`` per layer, holding the memory's keys and values."""
-        return tuple(layer.start_cache(memory) for layer in self.layers)
+    def start_cache(self, memory: Tensor, length: int = 0) -> tuple[KVCache, ...]:
+        """Return one empty ``KVCache`` per layer, holding the memory's keys and values
+        (with ``length`` preallocated target positions for ``write_step``)."""
+        return tuple(layer.start_cache(memory, length) for layer in self.layers)
 
     def step(
         self,
@@ -304,6 +306,23 @@ class Decoder(nn.Module):
             x, cache = layer.step(x, cache, self_mask, memory_mask)
             grown.append(cache)
         return self.norm(x), tuple(grown)  # (B, T, C)
+
+    def write_step(
+        self,
+        tgt: Tensor,
+        caches: tuple[KVCache, ...],
+        position: Tensor,
+        self_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``step`` for one token per sequence at ``position`` (1,), writing the preallocated caches.
+
+        Shapes: tgt (B, 1); self_mask broadcastable to (B, H, 1, L) -> hidden states (B, 1, C).
+        """
+        x = self.positional.at(self.embed(tgt), position)  # (B, 1, C)
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x = layer.write_step(x, cache, position, self_mask, memory_mask)
+        return self.norm(x)  # (B, 1, C)
 
 
 class Transformer(nn.Module):
@@ -397,6 +416,39 @@ class Transformer(nn.Module):
         self_mask = causal & padding_mask(keep)  # (B, 1, T, t + T)
         x, layers = self.decoder.step(tgt, cache.layers, cache.length, self_mask, cache.memory_mask)
         return self.lm_head(x), DecoderCache(layers, cache.memory_mask, keep)  # (B, T, V)
+
+    def start_static_cache(self, memory: Tensor, src: Tensor, length: int) -> StaticDecoderCache:
+        """Prepare cached decoding into buffers of ``length`` target positions, written in place.
+
+        Shapes: memory (B, S, C) from ``encode(src)``, src (B, S) -> a ``StaticDecoderCache``
+        at position 0; feed it to ``static_decode_step``, one token per sequence per step.
+        """
+        check_positive_int(length=length)
+        _check_tokens("src", src)
+        if memory.shape[:2] != src.shape:
+            raise ValueError(
+                f"memory {tuple(memory.shape)} does not match src {tuple(src.shape)}: pass the "
+                "same src that produced the memory with encode(src)"
+            )
+        keep = src.new_zeros(src.shape[0], length, dtype=torch.bool)  # (B, L): nothing written
+        position = torch.zeros(1, dtype=torch.long, device=src.device)
+        layers = self.decoder.start_cache(memory, length)
+        return StaticDecoderCache(layers, source_mask(src, self.config.pad_id), keep, position)
+
+    def static_decode_step(self, tgt: Tensor, cache: StaticDecoderCache) -> Tensor:
+        """Decode one token per sequence into ``cache`` at its position, then advance it.
+
+        Shapes: tgt (B, 1) -> logits (B, 1, V), equal to ``decode_step``'s. The buffers are
+        written in place and no shape changes, so the step can be captured as a CUDA graph. It
+        checks nothing that would read a value back: the caller takes at most
+        ``cache.length`` steps.
+        """
+        cache.keep.index_copy_(1, cache.position, tgt != self.config.pad_id)  # (B, L)
+        # Positions not written yet are False in keep, which makes the mask causal too.
+        self_mask = padding_mask(cache.keep)  # (B, 1, 1, L)
+        x = self.decoder.write_step(tgt, cache.layers, cache.position, self_mask, cache.memory_mask)
+        cache.position.add_(1)
+        return self.lm_head(x)  # (B, 1, V)
 
     @torch.no_grad()
     def attention_maps(self, src: Tensor, tgt: Tensor) -> dict[str, list[Tensor]]:

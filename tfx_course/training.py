@@ -294,18 +294,21 @@ def warmup_schedule(
     return WarmupSchedule(kind, warmup_steps, max_steps, min_ratio)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, fused: bool | None = None
+) -> torch.optim.AdamW:
     """Return AdamW with weight decay on weight matrices and none on biases, norms and scales.
 
     A parameter with two or more dimensions (linear weights, embeddings) decays; vectors
     (biases, LayerNorm weights) do not, since pulling them to 0 fights their purpose.
+    ``fused=True`` updates all parameters in one kernel (on a GPU); None is PyTorch's choice.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
 
 
 def make_scheduler(

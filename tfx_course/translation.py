@@ -24,7 +24,11 @@ import torch
 from torch import nn
 
 from tfx_course.data.batching import Seq2SeqBatch
-from tfx_course.data.bucketing import make_token_batches
+from tfx_course.data.bucketing import (
+    bucket_lengths,
+    make_fixed_shape_batches,
+    make_token_batches,
+)
 from tfx_course.data.multi30k import load_multi30k
 from tfx_course.data.subword import SubwordTokenizer, train_subword_tokenizer
 from tfx_course.distributed import Group, process_group
@@ -165,6 +169,10 @@ class TranslationData:
     val_batches: list[Seq2SeqBatch]
     val_pairs: list[tuple[str, str]]  # (German, English) texts of the BLEU subset
     n_train_pairs: int
+    # The encoded training pairs (source ids, target ids) the batches were cut from, to cut
+    # them again (another token budget, fixed shapes).
+    train_ids: list[tuple[list[int], list[int]]] = dataclasses.field(default_factory=list)
+    lengths: tuple[int, ...] | None = None  # the padded lengths of fixed-shape batches, if any
 
 
 def _encode_pairs(
@@ -180,8 +188,14 @@ def prepare_data(
     preset: Preset,
     root: str | os.PathLike | None = None,
     tokenizer: SubwordTokenizer | None = None,
+    buckets: int | None = None,
 ) -> TranslationData:
-    """Load Multi30k, train (or reuse) the shared tokenizer and cut token-count batches."""
+    """Load Multi30k, train (or reuse) the shared tokenizer and cut token-count batches.
+
+    With ``buckets``, the training batches have fixed shapes instead, for compiled training
+    (``data.bucketing.make_fixed_shape_batches``): at most that many padded lengths, multiples
+    of 4 chosen to waste the least padding, each with ``max_tokens // length`` rows.
+    """
     train = load_multi30k("train", root)
     if preset.max_train_pairs is not None:
         train = train[: preset.max_train_pairs]
@@ -193,13 +207,21 @@ def prepare_data(
         tokenizer = train_subword_tokenizer(texts, preset.vocab_size)
     train_ids = _encode_pairs(tokenizer, train, preset.model.max_len)
     val_ids = _encode_pairs(tokenizer, val, preset.model.max_len)
-    seed = preset.train.seed
+    seed, lengths = preset.train.seed, None
+    if buckets is None:
+        train_batches = make_token_batches(train_ids, preset.max_tokens, seed=seed)
+    else:
+        sizes = [max(len(src), len(tgt) - 1) for src, tgt in train_ids]  # tgt_in drops one id
+        lengths = bucket_lengths(sizes, buckets, multiple=4)
+        train_batches = make_fixed_shape_batches(train_ids, lengths, preset.max_tokens, seed=seed)
     return TranslationData(
         tokenizer=tokenizer,
-        train_batches=make_token_batches(train_ids, preset.max_tokens, seed=seed),
+        train_batches=train_batches,
         val_batches=make_token_batches(val_ids, preset.max_tokens, shuffle=False),
         val_pairs=val[: preset.bleu_sentences],
         n_train_pairs=len(train_ids),
+        train_ids=train_ids,
+        lengths=lengths,
     )
 
 

@@ -441,11 +441,67 @@ KV_NOTE = (
 )
 
 
+# --- (e) the LSTM encoder-decoder of lesson 13 -------------------------------------------------
+
+
+def draw_lstm_seq2seq() -> Figure:
+    """`tfx.baselines.LSTMSeq2Seq`: a bidirectional LSTM encoder, an LSTM decoder, Luong attention."""
+    fig, ax = canvas(864, 640)
+    text(ax, 432, 24, "LSTMSeq2Seq: an LSTM encoder-decoder with Luong attention",
+         size=18, fontweight="bold")  # fmt: skip
+    source, xs = ["<bos>", "ein", "Hund", "<eos>"], [70, 170, 270, 370]
+    group(ax, 22, 310, 418, 500, "encoder")
+    for i, (x, token) in enumerate(zip(xs, source, strict=True)):
+        box(ax, (x, 555), (84, 32), token, kind="tensor")
+        arrow(ax, (x, 539), (x, 478))
+        box(ax, (x, 455), (84, 44), "LSTM", "→  ←", kind="ff")
+        arrow(ax, (x, 433), (x, 382))
+        box(ax, (x, 362), (70, 38), f"$\\bar h_{i + 1}$", kind="tensor")
+        if i:
+            arrow(ax, (xs[i - 1] + 42, 445), (x - 42, 445))  # forward recurrence
+            arrow(ax, (x - 42, 466), (xs[i - 1] + 42, 466))  # backward recurrence
+    target, outputs, ds = ["<bos>", "a", "dog"], ["a", "dog", "<eos>"], [530, 660, 790]
+    group(ax, 468, 100, 850, 500, "decoder")
+    for i, (x, token) in enumerate(zip(ds, target, strict=True)):
+        box(ax, (x, 555), (84, 32), token, kind="tensor")
+        arrow(ax, (x, 539), (x, 478))
+        box(ax, (x, 455), (84, 44), "LSTM", f"$h_{i + 1}$", kind="ff")
+        arrow(ax, (x, 433), (x, 384))
+        box(ax, (x, 362), (110, 44), "attention", f"$\\tilde h_{i + 1}$", kind="attn")
+        arrow(ax, (x, 340), (x, 254))
+        box(ax, (x, 232), (100, 44), "lm_head", "logits", kind="head")
+        arrow(ax, (x, 210), (x, 176))
+        box(ax, (x, 160), (84, 32), outputs[i], kind="tensor")
+        if i:
+            arrow(ax, (ds[i - 1] + 42, 455), (x - 42, 455), colour=STREAM, width=2.4)
+    for x in xs:  # every step attends over every memory vector; drawn for the last step
+        arrow(ax, (x + 28, 343), (x + 28, 296), (ds[-1] - 30, 296), (ds[-1] - 30, 340), colour=MUTED,
+              width=1.0, dashed=True)  # fmt: skip
+    arrow(
+        ax, (xs[-1] + 42, 490), (440, 490), (440, 470), (ds[0] - 42, 470), colour=STREAM, width=2.4
+    )
+    text(ax, 444, 512, "bridge", size=13, color=STREAM, ha="left")
+    for i, line in enumerate(LSTM_NOTE):
+        text(ax, 22, 592 + 18 * i, line, size=13, color=MUTED, ha="left")
+    return fig
+
+
+LSTM_NOTE = (
+    "Every arrow between two LSTM boxes is one step that must wait for the previous one. Green: "
+    "the decoder's recurrence,",
+    "and the bridge that starts it from the encoder's final states. Dashed (drawn for the last "
+    "step only): attention reads",
+    "every h̄_s; score h_tᵀ W_a h̄_s over the real source positions, softmax, context c_t, "
+    "then h̃_t = tanh(W_c [c_t; h_t]).",
+)
+
+
 FIGURE_MAKERS: dict[str, Callable[[], Figure]] = {
     "transformer.svg": draw_transformer,
     "attention.svg": draw_attention,
     "pre_post_ln.svg": draw_norm_placement,
     "kv_cache.svg": draw_kv_cache,
+    "lstm_seq2seq.svg": draw_lstm_seq2seq,
 }
 
 

@@ -63,7 +63,7 @@ def links_cell(path: Path, order: list[Path], refs: dict[str, list[str]]) -> str
     if index + 1 < len(order):
         parts.append(f"next: [{title(order[index + 1])}]({order[index + 1].name})")
     else:
-        parts.append("next: Part III is planned (see the README's syllabus)")
+        parts.append("next: the rest of Part III is planned (see the README's syllabus)")
     lines = [MARKER, ""]
     if refs.get(path.name):
         lines += ["**Papers and libraries named in this lesson**: " + " · ".join(refs[path.name])]

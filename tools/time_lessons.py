@@ -3,19 +3,24 @@
     python tools/time_lessons.py --out results/lesson_times_cpu.json
     python tools/time_lessons.py --out "$OUT/lesson_times_gpu.json" --kernel python3
     python tools/time_lessons.py --timetable results/lesson_times_cpu.json [GPU_JSON]
+    python tools/time_lessons.py --plans results/lesson_times_cpu.json
     python tools/time_lessons.py --stamp results/lesson_times_cpu.json
 
 Runs each notebook top to bottom in a fresh kernel (nothing is written back to it), records
 the seconds it took, whether it finished, and the device torch picks here, then prints a
 Markdown table. The lessons choose their device themselves (CUDA, then MPS, then CPU).
 `--stamp` writes each lesson's measured CPU time into its first cell ("**Time**: CPU (2 cores):
-about N s to run"), so that what a lesson states is what was measured.
+about N s to run"), so that what a lesson states is what was measured. The timetable's reading
+and solving times are the ones the lessons and exercises state in their first cells ("40 minutes
+to read", "30 to 45 minutes to solve"); `--plans` lays them out as a three-day and a one-day
+workshop with breaks.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import re
 import sys
@@ -115,37 +120,165 @@ TITLES = {
     "08": "tokenization and data",
     "09": "training",
     "10": "decoding and evaluation",
+    "12": "efficiency and scale",
+    "13": "Transformer vs RNN and CNN",
+    "14": "tuning and low-resource",
 }
+
+
+# "15 minutes to read", "45 minutes to\nread and experiment", "30 to 45 minutes to solve"
+STATED_MINUTES = re.compile(r"(\d+)(?:\s+to\s+(\d+))?\s+minutes\s+to\s+(read|solve)\b")
+
+
+def stated_minutes(path: Path, verb: str) -> tuple[int, int] | None:
+    """Return the (shortest, longest) minutes a notebook's first cell states ``to read``/``to solve``."""
+    first = nbformat.read(path, as_version=4).cells[0].source
+    for low, high, found in STATED_MINUTES.findall(first):
+        if found == verb:
+            return int(low), int(high or low)
+    return None
+
+
+def _range(minutes: tuple[int, int] | None) -> str:
+    if minutes is None:
+        return "not stated"
+    low, high = minutes
+    return f"{low} min" if low == high else f"{low}–{high} min"
+
+
+def _exercise(nn: str) -> Path | None:
+    found = sorted((ROOT / "exercises").glob(f"{nn}_*.ipynb"))
+    return found[0] if found else None
+
+
+def _lessons() -> list[Path]:
+    return sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _seconds(result: dict | None, kind: str, lesson: str) -> float | None:
+    for row in (result or {}).get("notebooks", []):
+        if row["kind"] == kind and row["notebook"][:2] == lesson and row["error"] is None:
+            return row["seconds"]
+    return None
 
 
 def timetable(cpu: dict, gpu: dict | None = None) -> str:
     """Return the instructors' timetable (Markdown) from time_lessons results on CPU and GPU.
 
-    Reading and solving times stay blank: they are measured with a group, not a machine.
+    Run times are measured; reading and solving times are what the notebooks state.
     """
 
-    def seconds(result: dict | None, kind: str, lesson: str) -> str | None:
-        for row in (result or {}).get("notebooks", []):
-            if row["kind"] == kind and row["notebook"][:2] == lesson and row["error"] is None:
-                return f"{row['seconds']:.1f} s"
-        return None
+    def shown(result: dict | None, kind: str, lesson: str) -> str | None:
+        seconds = _seconds(result, kind, lesson)
+        return None if seconds is None else f"{seconds:.1f} s"
 
     lines = [
         "| Lesson | Run time, CPU (2 cores) | Run time, GPU | Exercise run time, CPU "
         "| Lesson prose (words) | Exercise prose (words) | Time to read | Time to solve |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for lesson in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for lesson in _lessons():
         nn = lesson.name[:2]
-        exercise = sorted((ROOT / "exercises").glob(f"{nn}_*.ipynb"))
-        words = f"{prose_words(exercise[0]):,}" if exercise else "—"
-        run = seconds(cpu, "exercise solution", nn) or "— (no exercise)"
+        exercise = _exercise(nn)
+        words = f"{prose_words(exercise):,}" if exercise else "—"
+        run = shown(cpu, "exercise solution", nn) or "— (no exercise)"
+        solve = _range(stated_minutes(exercise, "solve")) if exercise else "—"
         lines.append(
-            f"| {nn} {TITLES.get(nn, lesson.stem[3:])} | {seconds(cpu, 'lesson', nn) or 'not measured'} "
-            f"| {seconds(gpu, 'lesson', nn) or 'not measured'} | {run} "
-            f"| {prose_words(lesson):,} | {words} | | |"
+            f"| {nn} {TITLES.get(nn, lesson.stem[3:])} | {shown(cpu, 'lesson', nn) or 'not measured'} "
+            f"| {shown(gpu, 'lesson', nn) or 'not measured'} | {run} "
+            f"| {prose_words(lesson):,} | {words} | {_range(stated_minutes(lesson, 'read'))} | {solve} |"
         )
     return "\n".join(lines)
+
+
+# --- workshop plans -------------------------------------------------------------------------
+
+DAY_START, DAY_END, LUNCH_FROM = 9 * 60, 17 * 60 + 30, 12 * 60  # minutes after midnight
+BREAK_AFTER, BREAK, LUNCH = 60, 15, 60  # a 15-minute break after an hour or more of work
+FRAME = 10  # minutes per lesson for its introduction and its debrief
+WRAP_UP = 15  # minutes at the end of each day for questions
+# Which lessons each day covers, and what is done of each: read (and run) it, solve its exercises.
+THREE_DAYS = [
+    [("00", "read"), ("01", "both"), ("02", "both"), ("03", "both")],
+    [("04", "both"), ("05", "both"), ("06", "both"), ("07", "both")],
+    [("08", "both"), ("09", "both"), ("10", "both")],
+]
+ONE_DAY = [[("01", "both"), ("02", "both"), ("03", "read"), ("05", "both"), ("07", "read")]]
+
+
+def session_minutes(cpu: dict, nn: str, parts: str) -> tuple[int, str]:
+    """Return a lesson session's minutes (the longest stated times) and what it holds."""
+    lesson = next(p for p in _lessons() if p.name.startswith(f"{nn}_"))
+    read = (stated_minutes(lesson, "read") or (0, 0))[1]
+    run = math.ceil((_seconds(cpu, "lesson", nn) or 0) / 60)
+    minutes, what = FRAME + read + run, f"read {read}, run {run}"
+    exercise = _exercise(nn)
+    if parts == "both" and exercise is not None:
+        solve = (stated_minutes(exercise, "solve") or (0, 0))[1]
+        minutes, what = minutes + solve, f"{what}, exercises {solve}"
+    return minutes, f"{nn} {TITLES.get(nn, lesson.stem[3:])} ({what})"
+
+
+def _day_rows(cpu: dict, day: int, lessons: list[tuple[str, str]]) -> list[str]:
+    clock, since_break, lunch, rows = DAY_START, 0, False, []
+
+    def add(minutes: int, what: str) -> None:
+        nonlocal clock
+        rows.append(f"| {day} | {clock // 60:02d}:{clock % 60:02d} | {what} | {minutes} |")
+        clock += minutes
+
+    for nn, parts in lessons:
+        if not lunch and clock >= LUNCH_FROM:
+            add(LUNCH, "lunch")
+            lunch, since_break = True, 0
+        elif since_break >= BREAK_AFTER:
+            add(BREAK, "break")
+            since_break = 0
+        minutes, what = session_minutes(cpu, nn, parts)
+        add(minutes, what)
+        since_break += minutes
+    add(WRAP_UP, "questions and wrap-up")
+    if clock > DAY_END:
+        end = f"{DAY_END // 60:02d}:{DAY_END % 60:02d}"
+        raise ValueError(f"day {day} ends at {clock // 60:02d}:{clock % 60:02d}, after {end}")
+    return rows
+
+
+def plan(cpu: dict, days: list[list[tuple[str, str]]]) -> str:
+    """Return a workshop plan (Markdown table): sessions with start times, breaks and lunch."""
+    lines = ["| Day | Start | Session (minutes of each part) | Minutes |", "|---|---|---|---|"]
+    for number, lessons in enumerate(days, start=1):
+        lines += _day_rows(cpu, number, lessons)
+    return "\n".join(lines)
+
+
+def totals(cpu: dict) -> str:
+    """Return one sentence: the stated reading and solving time of the whole course."""
+    read = [stated_minutes(p, "read") or (0, 0) for p in _lessons()]
+    exercises = [e for p in _lessons() if (e := _exercise(p.name[:2])) is not None]
+    solve = [stated_minutes(e, "solve") or (0, 0) for e in exercises]
+    run = sum(_seconds(cpu, "lesson", p.name[:2]) or 0 for p in _lessons())
+    low = sum(r[0] for r in read) + sum(s[0] for s in solve)
+    high = sum(r[1] for r in read) + sum(s[1] for s in solve)
+    return (
+        f"The lessons state {sum(r[1] for r in read)} minutes of reading and the exercises "
+        f"{sum(s[0] for s in solve)} to {sum(s[1] for s in solve)} minutes of solving; the "
+        f"lessons run for {run / 60:.1f} minutes on 2 CPU cores. In all {low / 60:.1f} to "
+        f"{high / 60:.1f} hours before breaks, introductions and debriefs."
+    )
+
+
+def workshop_plans(cpu: dict) -> str:
+    """Return the three-day and one-day plans (Markdown), with the course's total time."""
+    return "\n\n".join(
+        [
+            totals(cpu),
+            "**Three days**: every lesson and every exercise.",
+            plan(cpu, THREE_DAYS),
+            "**One day**: the attention path, from scores to a trained model.",
+            plan(cpu, ONE_DAY),
+        ]
+    )
 
 
 def markdown(rows: list[dict]) -> str:
@@ -171,10 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--stamp", type=Path, metavar="JSON", help="state these CPU times in the lessons"
     )
+    p.add_argument(
+        "--plans", type=Path, metavar="JSON", help="print the workshop plans from CPU times"
+    )
     args = p.parse_args(argv)
     if args.stamp:
         changed = stamp(json.loads(args.stamp.read_text(encoding="utf-8")))
         print("stated the measured time in:", ", ".join(changed) or "nothing to change")
+        return 0
+    if args.plans:
+        print(workshop_plans(json.loads(args.plans.read_text(encoding="utf-8"))))
         return 0
     if args.timetable:
         results = [json.loads(path.read_text(encoding="utf-8")) for path in args.timetable[:2]]

@@ -9,6 +9,7 @@ with the reference and with planted mistakes, and reports through ``run_check``:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -80,11 +81,18 @@ def default_timeout() -> float:
         return DEFAULT_TIMEOUT
 
 
+def _alarm_available() -> bool:
+    """Return whether SIGALRM can time this call (POSIX, main thread); not on Windows."""
+    return (
+        hasattr(signal, "SIGALRM")
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+
+
 @contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield  # signals only work in the main thread; run without a limit elsewhere
-        return
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise ``_Timeout`` in the code run inside after ``seconds`` (SIGALRM)."""
 
     def _raise(signum: int, frame: Any) -> None:
         raise _Timeout
@@ -98,14 +106,60 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _stop_thread(worker: threading.Thread) -> None:
+    """Ask a worker thread stuck in Python code to stop, by raising ``_Timeout`` inside it."""
+    set_async_exc = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
+    if worker.ident is None or set_async_exc is None:
+        return  # not CPython: the daemon thread ends with the kernel
+    set_async_exc(ctypes.c_ulong(worker.ident), ctypes.py_object(_Timeout))
+    worker.join(1.0)
+
+
+def _in_thread(fn: Any, args: tuple, kwargs: dict, seconds: float) -> Any:
+    """Run ``fn`` in a worker thread and wait at most ``seconds`` (works on every OS)."""
+    outcome: dict[str, Any] = {}
+    # Grad and inference mode are per thread: the worker runs in the caller's modes.
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def work() -> None:
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                outcome["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # handed back to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="tfx-course-check", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        _stop_thread(worker)
+        raise _Timeout
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _run_limited(fn: Any, args: tuple, kwargs: dict, seconds: float) -> Any:
+    """Return ``fn(*args, **kwargs)``, raising ``_Timeout`` after ``seconds`` (0: no limit).
+
+    SIGALRM interrupts the code where it runs, in the caller's thread; where there is no
+    SIGALRM (Windows) or the caller is not the main thread, a worker thread runs it instead.
+    """
+    if seconds <= 0:
+        return fn(*args, **kwargs)
+    if _alarm_available():
+        with _alarm(seconds):
+            return fn(*args, **kwargs)
+    return _in_thread(fn, args, kwargs, seconds)
+
+
 def call(what: str, fn: Any, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
     """Call learner code, turning an exception, a hang or a non-callable into a ``Fail``."""
     limit = default_timeout() if timeout is None else timeout
     if not callable(fn):
         raise Fail(f"{what}: expected a function or class, got {type(fn).__name__}")
     try:
-        with _time_limit(limit):
-            return fn(*args, **kwargs)
+        return _run_limited(fn, args, kwargs, limit)
     except NotImplementedError as exc:
         detail = f" ({exc})" if str(exc) else ""
         raise Fail(f"{NOT_ATTEMPTED}: {what} raised NotImplementedError{detail}") from None

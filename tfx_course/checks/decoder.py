@@ -1,4 +1,5 @@
-"""Checks for lesson 06 (the decoder): the target mask and the decoder layer.
+"""Checks for lesson 06 (the decoder): the target mask, the decoder layer, and a KV cache for
+cross-attention.
 
 Shapes: B batch, T target length, S source length, C = d_model, H heads. As for the
 encoder, the reference weights are copied into the learner's layer.
@@ -6,15 +7,20 @@ encoder, the reference weights are copied into the learner's layer.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tfx_course.attention import (
+    MultiHeadAttention,
     causal_mask,
+    merge_heads,
     padding_mask,
+    scaled_dot_product_attention,
+    split_heads,
 )
 from tfx_course.checks.core import (
     CheckResult,
@@ -33,10 +39,12 @@ from tfx_course.layers import (
     DecoderLayer,
 )
 from tfx_course.model import target_mask
+from tfx_course.validation import shape_str
 
 __all__ = [
     "check_target_mask",
     "check_decoder_layer",
+    "check_cross_attention_cache",
 ]
 
 D_MODEL, N_HEADS, D_FF = 16, 4, 32
@@ -203,3 +211,118 @@ def check_decoder_layer(factory: Callable[..., Any], timeout: float | None = Non
     ``DecoderLayer(norm_first=True)`` with the reference weights copied in.
     """
     return run_check("decoder_layer", lambda: _decoder_steps(factory, timeout))
+
+
+# --- a KV cache for cross-attention (transfer) --------------------------------------------
+
+
+def _cross_variant(attn: MultiHeadAttention, query: Tensor, memory: Tensor, mask, bug: str = "") -> Tensor:  # fmt: skip
+    """Cross-attention from ``query`` to ``memory``, or the same with one mistake planted."""
+    H = attn.n_heads
+    mask = None if bug == "no_mask" else mask
+    k_in, v_in = {"kv_swapped": (attn.v_proj, attn.k_proj), "value_from_key": (attn.k_proj, attn.k_proj)}.get(bug, (attn.k_proj, attn.v_proj))  # fmt: skip
+    k, v = (split_heads(memory if bug == "unprojected" else proj(memory), H) for proj in (k_in, v_in))  # fmt: skip
+    x, _ = scaled_dot_product_attention(split_heads(attn.q_proj(query), H), k, v, mask)
+    return merge_heads(x) if bug == "no_out_proj" else attn.out_proj(merge_heads(x))  # (B, T, C)
+
+
+_CROSS_BUGS = {
+    "kv_swapped": "keys and values swapped: the keys are k_proj(memory), the values v_proj(memory)",
+    "value_from_key": "the values are k_proj(memory): they must be v_proj(memory)",
+    "unprojected": "the memory itself was used as keys and values: cache k_proj(memory) and "
+    "v_proj(memory), split into heads",
+    "no_out_proj": "the output projection is missing: pass the merged heads through out_proj",
+    "no_mask": "memory_mask is not applied, so padded source positions get attention",
+}
+
+
+class _CallCounter:
+    """Count the calls of some modules while a ``with`` block runs."""
+
+    def __init__(self, **modules: nn.Module) -> None:
+        self.modules, self.calls, self._hooks = modules, dict.fromkeys(modules, 0), []
+
+    def _counter(self, name: str) -> Callable[..., None]:
+        def count(*_: object) -> None:
+            self.calls[name] += 1
+
+        return count
+
+    def __enter__(self) -> _CallCounter:
+        for name, module in self.modules.items():
+            self._hooks.append(module.register_forward_hook(self._counter(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def _cross_mistakes(attn, query, memory, changed, mask, first) -> dict[str, Callable[[], Tensor]]:
+    """The outputs of the usual mistakes at one step; ``changed`` is the memory after __init__."""
+    mistakes = {
+        msg: (lambda bug=bug: _cross_variant(attn, query, memory, mask, bug))
+        for bug, msg in _CROSS_BUGS.items()
+    }
+    return {
+        "the keys and values were computed from memory again after __init__ (the memory changed "
+        "since, and so did your output): project them once and reuse them": lambda: attn(
+            query, changed, changed, mask
+        )[0],
+        "the output does not change with the query: cache the keys and values, but compute "
+        "the queries (q_proj) anew at every step": lambda: first,
+        **mistakes,
+        "the memory itself was used as keys and values (a view of it, which changed with it): "
+        "cache k_proj(memory) and v_proj(memory), split into heads": lambda: _cross_variant(
+            attn, query, changed, mask, "unprojected"
+        ),
+    }
+
+
+def _cross_step(cache: Any, query: Tensor, step: int, refs: tuple, timeout: float | None) -> None:
+    attn, memory, changed, mask, first = refs
+    what = f"step {step}: cache(query) for a query {shape_str(query)}"
+    got = expect_tensor(call(what, cache, query.clone(), timeout=timeout), f"{what}: the output")
+    expected = attn(query, memory, memory, mask)[0]  # recomputed from the original memory
+    expect_tensor(got, f"{what}: the output", shape=expected.shape)
+    if close(got, expected):
+        return
+    diagnose(got, _cross_mistakes(attn, query, memory, changed, mask, first))
+    raise Fail(f"{what}: the output differs from cross-attention recomputed over the whole memory "
+               f"by up to {max_gap(got, expected):.3g}")  # fmt: skip
+
+
+def _cross_cache_steps(factory: Callable[..., Any], timeout: float | None) -> str:
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(D_MODEL, N_HEADS).eval()  # the learner's cache uses this one
+    ref = copy.deepcopy(attn)  # the check computes with this one, outside the call counts
+    gen = torch.Generator().manual_seed(3)
+    memory = 2 * torch.randn(2, 6, D_MODEL, generator=gen)  # (B, S, C)
+    mask = padding_mask(torch.tensor([[True] * 6, [True] * 4 + [False] * 2]))  # (B, 1, 1, S)
+    queries = [torch.randn(2, t, D_MODEL, generator=gen) for t in (1, 1, 1, 3)]  # new positions
+    given = memory.clone()
+    with torch.no_grad(), _CallCounter(k_proj=attn.k_proj, v_proj=attn.v_proj) as counter:
+        name = getattr(factory, "__name__", "CrossAttentionCache")
+        cache = call(f"{name}(attn, memory, memory_mask)", factory, attn, given, mask, timeout=timeout)  # fmt: skip
+        given.add_(1.0)  # a cache that reads the memory again now gives other outputs
+        first = ref(queries[0], memory, memory, mask)[0]
+        for step, query in enumerate(queries, start=1):
+            _cross_step(cache, query, step, (ref, memory, given, mask, first), timeout)
+            if max(counter.calls.values()) > 1:
+                raise Fail(f"by step {step}, k_proj or v_proj ran {max(counter.calls.values())} "
+                           "times: project the memory's keys and values once, in __init__, and "
+                           "reuse them at every step")  # fmt: skip
+    return (
+        "keys and values projected once, then four steps (one with three new positions) equal "
+        "to cross-attention recomputed over the whole memory, padding mask included"
+    )
+
+
+def check_cross_attention_cache(factory: Callable[..., Any], timeout: float | None = None) -> CheckResult:  # fmt: skip
+    """Check a cross-attention cache built as ``factory(attn, memory, memory_mask)``.
+
+    ``attn`` is a ``MultiHeadAttention``, ``memory`` ``(B, S, C)``, ``memory_mask`` broadcastable
+    to ``(B, H, T, S)``; ``cache(query)`` with ``query`` ``(B, T, C)`` must equal
+    ``attn(query, memory, memory, memory_mask)[0]`` while projecting the memory only once.
+    """
+    return run_check("cross_attention_cache", lambda: _cross_cache_steps(factory, timeout))

@@ -1,4 +1,5 @@
-"""Checks for lesson 05 (the encoder): the feed-forward block and the encoder layer.
+"""Checks for lesson 05 (the encoder): the feed-forward block, the encoder layer, and the
+parallel block (attention and feed-forward side by side on one norm).
 
 Shapes: B batch, S source length, C = d_model, H heads. The learner's modules use the
 library's parameter names, so the check copies the reference weights in, compares outputs
@@ -12,9 +13,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from tfx_course.attention import (
+    MultiHeadAttention,
     padding_mask,
 )
 from tfx_course.checks.core import (
@@ -33,11 +35,13 @@ from tfx_course.checks.core import (
 from tfx_course.layers import (
     EncoderLayer,
     FeedForward,
+    LayerNorm,
 )
 
 __all__ = [
     "check_feed_forward",
     "check_encoder_layer",
+    "check_parallel_block",
 ]
 
 D_MODEL, N_HEADS, D_FF = 16, 4, 32
@@ -163,3 +167,94 @@ def _encoder_steps(factory: Callable[..., Any], timeout: float | None) -> str:
 def check_encoder_layer(factory: Callable[..., Any], timeout: float | None = None) -> CheckResult:
     """Check an encoder layer built as ``factory(d_model, n_heads, d_ff, norm_first=...)``."""
     return run_check("encoder_layer", lambda: _encoder_steps(factory, timeout))
+
+
+# --- the parallel block: attention and feed-forward side by side (transfer) --------------
+
+
+class _ParallelWeights(nn.Module):
+    """The parameters of a parallel encoder layer: one norm shared by both branches."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, n_heads)
+        self.ff = FeedForward(d_model, d_ff)
+        self.norm = LayerNorm(d_model)
+
+
+def _parallel_variant(ref: _ParallelWeights, x: Tensor, mask: Tensor | None, bug: str = "") -> Tensor:  # fmt: skip
+    """``x + attn(norm(x)) + ff(norm(x))``, or the same with one common mistake planted."""
+
+    def attn(q: Tensor, kv: Tensor) -> Tensor:
+        return ref.self_attn(q, kv, kv, None if bug == "no_mask" else mask)[0]
+
+    if bug == "sequential":
+        x = x + attn(ref.norm(x), ref.norm(x))
+        return x + ref.ff(ref.norm(x))
+    if bug == "post_norm":
+        return ref.norm(x + attn(x, x) + ref.ff(x))
+    h = ref.norm(x)
+    q, kv = {"attn_raw": (x, x), "kv_raw": (h, x)}.get(bug, (h, h))
+    a = attn(q, kv)
+    f = ref.ff(x if bug == "ff_raw" else h)
+    if bug == "averaged":
+        return x + (a + f) / 2
+    return {"no_residual": 0, "residual_twice": 2}.get(bug, 1) * x + a + f
+
+
+_PARALLEL_BUGS = {
+    "sequential": "this is the sequential Pre-LN layer: in the parallel block both branches "
+    "read the same h = norm(x) of the layer's input, and the feed-forward does not see the "
+    "attention's output",
+    "ff_raw": "the feed-forward branch reads the raw x: both branches read h = norm(x)",
+    "attn_raw": "the attention branch reads the raw x: both branches read h = norm(x)",
+    "kv_raw": "keys and values come from the raw x: query, key and value are all h = norm(x)",
+    "post_norm": "the sum is normalised (Post-LN): the parallel block normalises its input once, "
+    "h = norm(x), and adds both branches to the raw x",
+    "no_residual": "the residual is missing: y = x + attention(h) + feed_forward(h)",
+    "residual_twice": "x is added twice: y = x + attention(h) + feed_forward(h) adds it once",
+    "averaged": "the branches are averaged; add them, y = x + attention(h) + feed_forward(h)",
+    "no_mask": "the mask is not passed to self-attention, so padded positions get attention",
+}
+
+
+def _parallel_case(module: nn.Module, ref: _ParallelWeights, mask, timeout) -> None:
+    x = 2 * torch.randn(2, 5, D_MODEL, generator=torch.Generator().manual_seed(2))
+    what = "forward(x)" if mask is None else "forward(x, mask)"
+    with torch.no_grad():
+        got = call(what, module, x.clone(), mask, timeout=timeout)
+        got = expect_tensor(got, "the output", dtype=x.dtype, shape=x.shape)
+        expected = _parallel_variant(ref, x, mask)
+        if close(got, expected):
+            return
+        mistakes = {
+            msg: (lambda bug=bug: _parallel_variant(ref, x, mask, bug))
+            for bug, msg in _PARALLEL_BUGS.items()
+        }
+        diagnose(got, mistakes)
+    raise Fail(f"{what}: the output differs from x + attention(norm(x)) + feed_forward(norm(x)) "
+               f"by up to {max_gap(got, expected):.3g}")  # fmt: skip
+
+
+def _parallel_steps(factory: Callable[..., Any], timeout: float | None) -> str:
+    module = build_module(factory, (D_MODEL, N_HEADS, D_FF), {}, timeout)
+    torch.manual_seed(0)
+    ref = _ParallelWeights(D_MODEL, N_HEADS, D_FF).eval()
+    jitter_norms(ref, seed=1)
+    load_reference_weights(module, ref, "self_attn, ff, norm")
+    module.eval()
+    _parallel_case(module, ref, None, timeout)
+    _parallel_case(module, ref, padding_mask(torch.tensor([[True] * 5, [True] * 3 + [False] * 2])), timeout)  # fmt: skip
+    return (
+        "x + attention(h) + feed_forward(h) with one h = norm(x), with and without a padding "
+        "mask, equal to the library's modules with copied weights"
+    )
+
+
+def check_parallel_block(factory: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check a parallel encoder layer built as ``factory(d_model, n_heads, d_ff)``.
+
+    ``forward(x, mask=None)`` must return ``x + self_attn(h, h, h, mask) + ff(h)`` with
+    ``h = norm(x)``; the parameters are named ``self_attn``, ``ff`` and ``norm``.
+    """
+    return run_check("parallel_block", lambda: _parallel_steps(factory, timeout))

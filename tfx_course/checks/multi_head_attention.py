@@ -1,4 +1,5 @@
-"""Checks for lesson 02 (multi-head attention): splitting and merging heads, and the module.
+"""Checks for lesson 02 (multi-head attention): splitting and merging heads, the module, and
+multi-query attention (one key and one value head shared by every query head).
 
 Shapes: B batch, H heads, T queries, S keys, C = d_model, D = d_head = C // H.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "check_split_heads",
     "check_merge_heads",
     "check_multi_head_attention",
+    "check_multi_query_attention",
 ]
 
 
@@ -255,3 +257,123 @@ def check_multi_head_attention(
     ``forward(query, key, value, mask=None)``; the check copies the reference weights in.
     """
     return run_check("multi_head_attention", lambda: _mha_steps(factory, timeout))
+
+
+# --- multi-query attention (transfer: one key and one value head for all query heads) ------
+
+
+class _MultiQueryWeights(nn.Module):
+    """The parameters of multi-query attention: H query heads share one key and one value head."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        d_head = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_head)
+        self.v_proj = nn.Linear(d_model, d_head)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+
+def _as_multi_head(ref: _MultiQueryWeights, n_heads: int) -> MultiHeadAttention:
+    """Return the course's MultiHeadAttention whose H key and value heads are copies of one head."""
+    d_model = ref.q_proj.in_features
+    mha = MultiHeadAttention(d_model, n_heads).eval()
+    with torch.no_grad():
+        for name in ("q_proj", "out_proj"):
+            getattr(mha, name).load_state_dict(getattr(ref, name).state_dict())
+        for name in ("k_proj", "v_proj"):
+            shared = getattr(ref, name)
+            getattr(mha, name).weight.copy_(shared.weight.repeat(n_heads, 1))  # (C, C)
+            getattr(mha, name).bias.copy_(shared.bias.repeat(n_heads))  # (C,)
+    return mha
+
+
+def _mqa_variant(ref: _MultiQueryWeights, query, key, value, mask, bug: str) -> Tensor:
+    """Multi-query attention with one common mistake planted (``bug``, as in ``_MQA_BUGS``)."""
+    B, T, C = query.shape
+    D = ref.k_proj.out_features
+    key, value = {"kv_swapped": (value, key), "value_from_key": (key, key)}.get(bug, (key, value))
+    q = split_heads(ref.q_proj(query), C // D)  # (B, H, T, D)
+    k, v = ref.k_proj(key)[:, None], ref.v_proj(value)[:, None]  # (B, 1, S, D): one head, shared
+    scale = {"no_scale": 1.0, "scale_d_model": C**-0.5}.get(bug, D**-0.5)
+    scores = mask_scores(q @ k.transpose(-2, -1) * scale, mask)  # (B, H, T, S)
+    x = scores.softmax(dim=-1) @ v  # (B, H, T, D)
+    x = x.reshape(B, T, C) if bug == "merge_order" else merge_heads(x)  # (B, T, C)
+    return x if bug == "no_out_proj" else ref.out_proj(x)
+
+
+_MQA_BUGS = {
+    "no_scale": "missing the 1/sqrt(d_head) scaling of the scores",
+    "scale_d_model": "scaled by sqrt(d_model) instead of sqrt(d_head): the shared key head has "
+    "d_head features, so each dot product has d_head terms",
+    "kv_swapped": "key and value swapped: k_proj projects `key`, v_proj projects `value`",
+    "value_from_key": "the values come from `key`: v_proj must project `value`",
+    "merge_order": "heads merged in the wrong order: transpose(1, 2) back to (B, T, H, D) before "
+    "reshaping to (B, T, C)",
+    "no_out_proj": "output projection missing: pass the merged heads through out_proj",
+}
+
+
+def _build_mqa(factory: Callable[..., Any], timeout: float | None) -> tuple[nn.Module, nn.Module]:
+    module = build_module(factory, (_MHA_D_MODEL, _MHA_HEADS), {}, timeout)
+    torch.manual_seed(0)
+    ref = _MultiQueryWeights(_MHA_D_MODEL, _MHA_HEADS).eval()
+    D = _MHA_D_MODEL // _MHA_HEADS
+    params = dict(module.named_parameters())
+    for name in ("k_proj.weight", "v_proj.weight"):
+        if name in params and params[name].shape != (D, _MHA_D_MODEL):
+            raise Fail(
+                f"{name} has shape {shape_str(params[name])}: in multi-query attention the keys "
+                f"and values have one head, so k_proj and v_proj map d_model={_MHA_D_MODEL} to "
+                f"d_head={D}, nn.Linear(d_model, d_model // n_heads)"
+            )
+    load_reference_weights(module, ref, "q_proj, k_proj, v_proj, out_proj")
+    return module.eval(), ref
+
+
+def _mqa_case(module, ref, query: Tensor, kv: tuple[Tensor, Tensor], mask, timeout) -> None:
+    """Compare with multi-head attention whose key and value heads are H copies of one."""
+    what = "forward(query, key, value)" if mask is None else "forward with a mask"
+    out, weights = expect_pair(call(what, module, query, *kv, mask, timeout=timeout), what)
+    expected, expected_weights = _as_multi_head(ref, _MHA_HEADS)(query, *kv, mask)
+    B, T, S = query.shape[0], query.shape[1], kv[0].shape[1]
+    expect_tensor(out, f"{what}: out", shape=expected.shape)
+    expect_tensor(weights, f"{what}: weights, (B, H, T, S),", shape=(B, _MHA_HEADS, T, S))
+    if mask is not None and (weights * ~mask).abs().max() > 0:
+        raise Fail("with a mask, blocked positions get non-zero weight: pass the mask on to the "
+                   "attention (True = may attend)")  # fmt: skip
+    if close(out, expected) and close(weights, expected_weights):
+        return
+    for bug, message in _MQA_BUGS.items():
+        if close(out, _mqa_variant(ref, query, *kv, mask, bug)):
+            raise Fail(message)
+    raise Fail(f"{what}: the output differs by up to {max_gap(out, expected):.3g} from multi-head "
+               "attention whose H key and value heads are copies of your one head")  # fmt: skip
+
+
+def _mqa_steps(factory: Callable[..., Any], timeout: float | None) -> str:
+    module, ref = _build_mqa(factory, timeout)
+    gen = torch.Generator().manual_seed(1)
+    query = torch.randn(2, 4, _MHA_D_MODEL, generator=gen)
+    key, value = (torch.randn(2, 6, _MHA_D_MODEL, generator=gen) for _ in range(2))
+    keep = torch.tensor([[True] * 4, [True, True, False, False]])
+    with torch.no_grad():
+        _mqa_case(module, ref, query, (key, value), None, timeout)  # key != value: no swap hides
+        _mqa_case(module, ref, query, (query, query), padding_mask(keep) & causal_mask(4), timeout)
+    return (
+        "one key and one value head (d_model -> d_head) shared by all query heads: equals "
+        "multi-head attention whose key and value heads are H copies of yours, with and without "
+        "a mask"
+    )
+
+
+def check_multi_query_attention(
+    factory: Callable[..., Any], timeout: float | None = None
+) -> CheckResult:
+    """Check a multi-query attention class, called as ``factory(d_model, n_heads)``.
+
+    ``q_proj`` and ``out_proj`` map d_model to d_model; ``k_proj`` and ``v_proj`` map d_model to
+    d_head (one head, shared by every query head). ``forward(query, key, value, mask=None)``
+    returns ``(out, weights)`` with weights of shape ``(B, H, T, S)``.
+    """
+    return run_check("multi_query_attention", lambda: _mqa_steps(factory, timeout))

@@ -1,6 +1,7 @@
-"""Checks for lesson 03 (positional encoding): the sinusoidal table, embeddings plus positions.
+"""Checks for lesson 03 (positional encoding): the sinusoidal table, embeddings plus positions,
+and ALiBi's linear bias on the attention scores.
 
-Shapes: B batch, T positions, C = d_model, V vocabulary size.
+Shapes: B batch, T positions, C = d_model, V vocabulary size, H heads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tfx_course.validation import shape_str
 __all__ = [
     "check_sinusoidal_encoding",
     "check_embed_tokens",
+    "check_alibi_bias",
 ]
 
 
@@ -146,3 +148,82 @@ def _embed_steps(fn: Callable[..., Any], timeout: float | None) -> str:
 def check_embed_tokens(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
     """Check ``fn(tokens, embedding, pe) -> embedding(tokens) * sqrt(d_model) + pe[:T]``."""
     return run_check("embed_tokens", lambda: _embed_steps(fn, timeout))
+
+
+# --- ALiBi: a linear bias on the scores (transfer) ----------------------------------
+
+
+def _alibi_variant(n_heads: int, T: int, bug: str = "") -> Tensor:
+    """The bias ``-m_h * (t - s)`` on the causal part (0 above it), or one planted mistake."""
+    h = torch.arange(1, n_heads + 1, dtype=torch.float64)
+    exponent = {"from_zero": h - 1, "no_eight": (h / 8)}.get(bug, h)
+    slopes = 2.0 ** (-8.0 * exponent / n_heads)  # (H,)
+    if bug == "reversed":
+        slopes = slopes.flip(0)
+    if bug == "no_slopes":
+        slopes = torch.ones(n_heads, dtype=torch.float64)
+    offset = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).double()  # (T, T): t - s
+    if bug == "transposed":
+        offset = -offset
+    distance = offset.clamp(min=0)  # 0 above the diagonal (blocked by the causal mask)
+    sign = 1.0 if bug == "positive" else -1.0
+    return sign * slopes[:, None, None] * distance  # (H, T, T)
+
+
+_ALIBI_BUGS = {
+    "positive": "the bias has the wrong sign: distant keys must lose score, -m_h * (t - s) is "
+    "negative below the diagonal",
+    "transposed": "the bias is on the wrong side of the diagonal: row t is the query, column "
+    "s <= t the key it may see, and the bias there is -m_h * (t - s)",
+    "from_zero": "the first head's slope is 1: the slopes are 2^(-8h/H) for h = 1 .. H, so head "
+    "0 (in code) gets 2^(-8/H) and the last head 2^(-8)",
+    "reversed": "the slopes are in reverse order: head 0 (in code) gets the largest slope, "
+    "2^(-8/H), the last head the smallest, 2^(-8)",
+    "no_eight": "the slopes are 2^(-8h/H): the exponent is -8 h / H, not -h / H",
+    "no_slopes": "every head has the same slope: head h gets its own m_h = 2^(-8h/H), so some "
+    "heads look far and some near",
+}
+
+
+def _alibi_case(fn: Callable[..., Any], H: int, T: int, timeout: float | None) -> None:
+    got = call(f"alibi_bias(n_heads={H}, T={T})", fn, H, T, timeout=timeout)
+    got = expect_tensor(got, "the bias", finite=False)
+    if not got.dtype.is_floating_point:
+        raise Fail(f"the bias has dtype {got.dtype}; it is added to float scores, return floats")
+    if got.shape == (T, T, H) and H != T:
+        raise Fail(
+            f"the bias has shape {shape_str(got)} = (T, T, H): put the heads first, (H, T, T)"
+        )
+    expect_tensor(got, f"alibi_bias(n_heads={H}, T={T})", shape=(H, T, T), finite=False)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T): the entries attention uses
+    seen = got[:, causal]  # (H, T(T+1)/2)
+    if not torch.isfinite(seen).all():
+        raise Fail("the bias is NaN or inf at or below the diagonal, where keys s <= t are seen")
+    expected = _alibi_variant(H, T)
+    if close(seen, expected[:, causal], atol=1e-5):
+        return
+    for bug, message in _ALIBI_BUGS.items():
+        if close(seen, _alibi_variant(H, T, bug)[:, causal], atol=1e-5):
+            raise Fail(message)
+    if not close(got[:, 1:, 1:][:, causal[1:, 1:]], got[:, :-1, :-1][:, causal[:-1, :-1]]):
+        raise Fail("the bias changes along a diagonal: it must depend only on the offset t - s, "
+                   "so that bias[h, t, s] == bias[h, t + 1, s + 1]")  # fmt: skip
+    raise Fail(f"for n_heads={H}, T={T} the bias differs from -m_h * (t - s) by up to "
+               f"{max_gap(seen, expected[:, causal]):.3g}")  # fmt: skip
+
+
+def _alibi_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    for H, T in ((8, 6), (4, 5), (3, 4)):
+        _alibi_case(fn, H, T, timeout)
+    return (
+        "shape (H, T, T), slopes 2^(-8/H) .. 2^(-8), bias -m_h * (t - s) for keys s <= t: it "
+        "depends only on the offset"
+    )
+
+
+def check_alibi_bias(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check ``fn(n_heads, T) -> (H, T, T)``: ALiBi's bias ``-m_h * (t - s)`` for keys ``s <= t``.
+
+    Entries above the diagonal are not compared: the causal mask blocks them.
+    """
+    return run_check("alibi_bias", lambda: _alibi_steps(fn, timeout))

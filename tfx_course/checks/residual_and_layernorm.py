@@ -1,4 +1,5 @@
-"""Checks for lesson 04 (residuals and LayerNorm): LayerNorm, Pre-LN and Post-LN sublayers.
+"""Checks for lesson 04 (residuals and LayerNorm): LayerNorm, Pre-LN and Post-LN sublayers, and
+ReZero's gated residual without a norm.
 
 Shapes: B batch, T positions, C = d_model.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "check_layer_norm",
     "check_pre_ln_residual",
     "check_post_ln_residual",
+    "check_rezero_residual",
 ]
 
 
@@ -161,3 +163,81 @@ def check_pre_ln_residual(fn: Callable[..., Any], timeout: float | None = None) 
 def check_post_ln_residual(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
     """Check ``fn(x, sublayer, norm) -> norm(x + sublayer(x))`` (Post-LN)."""
     return run_check("post_ln_residual", lambda: _residual_steps(fn, False, timeout))
+
+
+# --- ReZero: a residual with a learned gate that starts at 0 (transfer) ------------------
+
+
+def _rezero_alpha(module: nn.Module) -> Tensor:
+    """Return the module's ``alpha`` if it is a trainable scalar starting at 0, else ``Fail``."""
+    alpha = getattr(module, "alpha", None)
+    if alpha is None:
+        raise Fail("the module has no attribute alpha: store the gate as self.alpha")
+    if not isinstance(alpha, nn.Parameter):
+        raise Fail(f"alpha is a {type(alpha).__name__}, not an nn.Parameter: wrap it, "
+                   "nn.Parameter(torch.zeros(())), so that it is trained with the rest")  # fmt: skip
+    if alpha.numel() != 1:
+        raise Fail(f"alpha has {alpha.numel()} entries: ReZero gates each residual connection with "
+                   "one number, shape () or (1,) (a gate per feature is another method)")  # fmt: skip
+    if alpha.item() != 0:
+        raise Fail(f"alpha starts at {alpha.item():g}; it must start at 0, so that the layer is the "
+                   "identity when training begins")  # fmt: skip
+    own = {id(p) for p in module.parameters()} - {id(alpha)}
+    if own - {id(p) for p in module.sublayer.parameters()}:
+        raise Fail("the module has parameters besides alpha and the sublayer's: ReZero has no "
+                   "norm, x + alpha * sublayer(x)")  # fmt: skip
+    return alpha
+
+
+def _rezero_mistakes(x: Tensor, f: nn.Module, alpha: float) -> dict[str, Callable[[], Tensor]]:
+    return {
+        "the sublayer's output is not multiplied by alpha: x + alpha * sublayer(x)": lambda: (
+            x + f(x)
+        ),
+        "alpha scales the sublayer's input; it scales its output, x + alpha * sublayer(x)": lambda: (
+            x + f(alpha * x)
+        ),
+        "alpha scales the residual too: the residual path carries x untouched, "
+        "x + alpha * sublayer(x), not alpha * (x + sublayer(x))": lambda: alpha * (x + f(x)),
+        "ReZero has no norm: x + alpha * sublayer(x)": lambda: (
+            x + alpha * f(F.layer_norm(x, x.shape[-1:]))
+        ),
+    }
+
+
+def _rezero_steps(factory: Callable[..., Any], timeout: float | None) -> str:
+    x, f, _ = _sublayer_parts()
+    name = getattr(factory, "__name__", "ReZero")
+    module = call(f"{name}(sublayer)", factory, f, timeout=timeout)
+    if not isinstance(module, nn.Module):
+        raise Fail(f"{name}(sublayer) gave {type(module).__name__}, not an nn.Module")
+    if getattr(module, "sublayer", None) is not f:
+        raise Fail(f"{name}(sublayer) must keep the sublayer it is given as self.sublayer")
+    alpha = _rezero_alpha(module)
+    out = expect_tensor(call("forward(x)", module, x.clone(), timeout=timeout), "the output", shape=x.shape)  # fmt: skip
+    with torch.no_grad():
+        if not close(out, x, atol=0):
+            diagnose(out, _rezero_mistakes(x, f, 0.0))
+            raise Fail("with alpha = 0 the layer must return x unchanged (the identity)")
+    weight = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    (call("forward(x)", module, x.clone(), timeout=timeout) * weight).sum().backward()
+    if alpha.grad is None or alpha.grad.abs().sum() == 0:
+        raise Fail("no gradient reaches alpha: use self.alpha itself in forward (not alpha.item(), "
+                   "a detached copy or a float), so that the optimizer can move it from 0")  # fmt: skip
+    with torch.no_grad():
+        alpha.fill_(0.7)
+        out = expect_tensor(call("forward(x) with alpha = 0.7", module, x.clone(), timeout=timeout), "the output", shape=x.shape)  # fmt: skip
+        expected = x + 0.7 * f(x)
+        if not close(out, expected):
+            diagnose(out, _rezero_mistakes(x, f, 0.7))
+            raise Fail(f"with alpha = 0.7 the output differs from x + alpha * sublayer(x) by up to "
+                       f"{max_gap(out, expected):.3g}")  # fmt: skip
+    return (
+        "alpha is a trainable scalar starting at 0: the identity at initialisation, the gradient "
+        "reaches alpha, and x + alpha * sublayer(x) once it has moved"
+    )
+
+
+def check_rezero_residual(factory: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check a ReZero module built as ``factory(sublayer)``: ``x + alpha * sublayer(x)``, alpha = 0."""
+    return run_check("rezero_residual", lambda: _rezero_steps(factory, timeout))

@@ -1,5 +1,5 @@
-"""Checks for the learning-rate schedules (lessons 07 and 09): the paper's warmup schedule
-and the presets' warmup, then cosine.
+"""Checks for the learning-rate schedules (lesson 09): the paper's warmup schedule and the
+presets' warmup, then cosine.
 """
 
 from __future__ import annotations

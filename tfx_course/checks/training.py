@@ -1,18 +1,20 @@
-"""Checks for training (lessons 07 and 09): label smoothing, clipping by the global gradient
-norm, one AdamW step.
+"""Checks for training (lesson 09): label smoothing, clipping by the global gradient norm,
+one AdamW step, and an exponential moving average of the weights.
 
 Shapes: B batch, T target length, V vocabulary size.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim.swa_utils import get_ema_avg_fn
 
 from tfx_course.checks.core import (
     CheckResult,
@@ -30,6 +32,7 @@ __all__ = [
     "check_label_smoothing",
     "check_clip_grad_norm",
     "check_adamw_step",
+    "check_ema_update",
 ]
 
 
@@ -308,3 +311,86 @@ def _adamw_steps(fn: Callable[..., Any], timeout: float | None) -> str:
 def check_adamw_step(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
     """Check ``fn(param, grad, m, v, step, lr, betas, eps, weight_decay)``, one AdamW step."""
     return run_check("adamw_step", lambda: _adamw_steps(fn, timeout))
+
+
+# --- an exponential moving average of the weights (transfer) --------------------------------
+
+
+def _ema_models() -> tuple[nn.Module, nn.Module]:
+    """A small model and its EMA copy (made with deepcopy, so its parameters require grad)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    return model, copy.deepcopy(model)
+
+
+def _ema_mistakes(before: list[Tensor], params: list[Tensor], decay: float) -> dict[str, list[Tensor]]:  # fmt: skip
+    mixed = [decay * e + (1 - decay) * p for e, p in zip(before, params, strict=True)]
+    return {
+        "the EMA did not change: update its parameters in place (ema_p.mul_(decay).add_(p, "
+        "alpha=1 - decay), or lerp_ or copy_); assigning to a loop variable changes nothing": before,
+        "decay and 1 - decay are swapped: decay weighs the running average, "
+        "decay * ema + (1 - decay) * param": [
+            (1 - decay) * e + decay * p for e, p in zip(before, params, strict=True)
+        ],  # fmt: skip
+        "the EMA was overwritten with the model's weights: mix them, decay * ema + (1 - decay) * "
+        "param": params,
+        "only the first parameter was updated: loop over every pair of parameters (a return "
+        "inside the loop?)": [mixed[0], *before[1:]],
+    }
+
+
+def _ema_step(fn: Callable[..., Any], models: tuple[nn.Module, nn.Module], decay: float, timeout: float | None) -> None:  # fmt: skip
+    model, ema = models
+    params, own = [p.detach().clone() for p in model.parameters()], list(ema.parameters())
+    before = [p.detach().clone() for p in own]
+    what = f"ema_update(ema_model, model, decay={decay})"
+    try:
+        result = call(what, fn, ema, model, decay, timeout=timeout)
+    except Fail as failure:
+        if "leaf Variable that requires grad" in str(failure):
+            raise Fail(f"{what}: an in-place update of a parameter that requires grad must not be "
+                       "recorded by autograd: do it under torch.no_grad()") from None  # fmt: skip
+        raise
+    if result is not ema:
+        raise Fail(f"{what} returned {type(result).__name__}: update ema_model in place and return "
+                   "it, as in-place methods such as mul_ return their tensor")  # fmt: skip
+    if not all(torch.equal(p, q) for p, q in zip(model.parameters(), params, strict=True)):
+        raise Fail("the model's weights changed: update only ema_model (the first argument) from "
+                   "model; the model is what the optimizer trains")  # fmt: skip
+    if [id(p) for p in ema.parameters()] != [id(p) for p in own]:
+        raise Fail("the EMA's parameters were replaced by new ones: update them in place, so that "
+                   "everything holding them (an optimizer, a state_dict) sees the new values")  # fmt: skip
+    if any(p.grad is not None or p.grad_fn is not None for p in ema.parameters()):
+        raise Fail("the update was recorded by autograd (or left gradients behind): do it under "
+                   "torch.no_grad(), on the parameters themselves")  # fmt: skip
+    got = [p.detach() for p in ema.parameters()]
+    average = get_ema_avg_fn(decay)  # PyTorch's own EMA: decay * ema + (1 - decay) * param
+    expected = [average(e, p, 1) for e, p in zip(before, params, strict=True)]
+    if all(close(g, e) for g, e in zip(got, expected, strict=True)):
+        return
+    for message, wrong in _ema_mistakes(before, params, decay).items():
+        if all(close(g, w) for g, w in zip(got, wrong, strict=True)):
+            raise Fail(message)
+    raise Fail(f"{what}: the EMA's parameters differ from decay * ema + (1 - decay) * param")
+
+
+def _ema_steps(fn: Callable[..., Any], timeout: float | None) -> str:
+    model, ema = _ema_models()
+    gen = torch.Generator().manual_seed(5)
+    for decay in (0.9, 0.9, 0.5):
+        with torch.no_grad():  # a training step moved the model's weights
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen))
+        _ema_step(fn, (model, ema), decay, timeout)
+    return (
+        "ema = decay * ema + (1 - decay) * param for every parameter, in place and outside "
+        "autograd, over three updates, as torch.optim.swa_utils computes it; the model untouched"
+    )
+
+
+def check_ema_update(fn: Callable[..., Any], timeout: float | None = None) -> CheckResult:
+    """Check ``fn(ema_model, model, decay) -> ema_model``, updated in place and outside autograd.
+
+    Every parameter of ``ema_model`` becomes ``decay * ema + (1 - decay) * param``.
+    """
+    return run_check("ema_update", lambda: _ema_steps(fn, timeout))

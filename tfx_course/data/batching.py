@@ -53,9 +53,18 @@ class Seq2SeqBatch:
     def __len__(self) -> int:
         return self.src.shape[0]
 
-    def to(self, device: torch.device | str) -> Seq2SeqBatch:
-        """Return the batch on ``device``."""
-        return Seq2SeqBatch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Seq2SeqBatch:
+        """Return the batch on ``device`` (``non_blocking``: from pinned memory, asynchronously)."""
+        src, tgt_in, tgt_out = (
+            t.to(device, non_blocking=non_blocking) for t in (self.src, self.tgt_in, self.tgt_out)
+        )
+        return Seq2SeqBatch(src, tgt_in, tgt_out)
+
+    def pin_memory(self) -> Seq2SeqBatch:
+        """Return the batch in page-locked memory, which a GPU copies from without waiting."""
+        return Seq2SeqBatch(
+            self.src.pin_memory(), self.tgt_in.pin_memory(), self.tgt_out.pin_memory()
+        )
 
     def num_tokens(self, pad_id: int = PAD_ID) -> int:
         """Count the label tokens that are not padding (what the loss averages over)."""

@@ -12,14 +12,25 @@ Shapes: B batch, S source length, T target length.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from tfx_course.data.batching import Seq2SeqBatch, pad_sequences
 from tfx_course.data.tokenizers import PAD_ID
 
-__all__ = ["PaddingStats", "token_batches", "padding_stats", "make_token_batches"]
+__all__ = [
+    "PaddingStats",
+    "token_batches",
+    "padding_stats",
+    "make_token_batches",
+    "bucket_lengths",
+    "fixed_shape_batches",
+    "make_fixed_shape_batches",
+]
 
 IdPair = tuple[Sequence[int], Sequence[int]]
 
@@ -134,6 +145,130 @@ def make_token_batches(
                 src=pad_sequences(src, pad_id),
                 tgt_in=pad_sequences([t[:-1] for t in tgt], pad_id),
                 tgt_out=pad_sequences([t[1:] for t in tgt], pad_id),
+            )
+        )
+    return batches
+
+
+# Fixed shapes for compiled training. A compiled model (torch.compile) or a captured CUDA graph
+# is specialised to the shapes it was built for: every new (rows, length) costs a recompilation.
+# So instead of padding each batch to its own longest sentence, pad it to one of a few fixed
+# lengths, and give every batch of a length the same number of rows: one shape per length.
+
+
+def _padded_size(pair: IdPair) -> int:
+    """The length both sides are padded to: the source, or the target less one id (tgt_in)."""
+    src, tgt = pair
+    return max(len(src), len(tgt) - 1)
+
+
+def bucket_lengths(sizes: Sequence[int], n_buckets: int, multiple: int = 8) -> tuple[int, ...]:
+    """Return at most ``n_buckets`` padded lengths, multiples of ``multiple``, covering ``sizes``.
+
+    The lengths minimise the padded slots, the sum over examples of the length each is padded
+    to (dynamic programming over the candidate lengths); the last covers the longest size.
+    Tensor cores prefer multiples of 8.
+    """
+    if not isinstance(n_buckets, int) or n_buckets < 1:
+        raise ValueError(f"n_buckets must be a positive int, got {n_buckets!r}")
+    if not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple must be a positive int, got {multiple!r}")
+    if len(sizes) == 0:
+        raise ValueError("bucket_lengths got no sizes")
+    top = multiple * math.ceil(max(sizes) / multiple)
+    candidates = list(range(multiple, top + 1, multiple))
+    fits = [sum(1 for s in sizes if s <= c) for c in candidates]  # examples of length <= c
+    # best[j]: (fewest slots, lengths) for the examples up to candidates[j], the longest bucket
+    # being candidates[j], with at most k buckets after round k.
+    best = [(fits[j] * c, (c,)) for j, c in enumerate(candidates)]
+    for _ in range(1, n_buckets):
+        best = [
+            min([best[j]] + [(best[i][0] + (fits[j] - fits[i]) * c, (*best[i][1], c)) for i in range(j)])
+            for j, c in enumerate(candidates)
+        ]  # fmt: skip
+    return best[-1][1]
+
+
+def fixed_shape_batches(
+    pairs: Sequence[IdPair],
+    lengths: Sequence[int],
+    max_tokens: int,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> list[tuple[int, list[int | None]]]:
+    """Group example indices into batches of fixed shapes: ``(length, rows)`` per batch.
+
+    Each example belongs to the shortest of ``lengths`` that holds it (its source, and its
+    target less one id). The examples are taken longest bucket first and cut into batches;
+    a batch has the length L of its first example's bucket and exactly ``max_tokens // L``
+    rows, so its padded tensors hold at most ``max_tokens`` slots. A batch that crosses into a
+    shorter bucket pads those examples to L, so only the very last batch is short of examples:
+    it is filled up with ``None``, rows of padding only (no loss, no gradient). Every index
+    appears exactly once. ``shuffle`` mixes the examples within each bucket and the batches.
+    """
+    lengths = sorted(set(lengths))
+    if not lengths or lengths[0] < 1 or max_tokens < lengths[-1]:
+        raise ValueError(
+            f"lengths must be positive and at most max_tokens={max_tokens}, got {list(lengths)}"
+        )
+    buckets: dict[int, list[int]] = {length: [] for length in lengths}
+    for i, pair in enumerate(pairs):
+        size = _padded_size(pair)
+        if size > lengths[-1]:
+            raise ValueError(
+                f"example {i} needs {size} positions but the longest bucket is {lengths[-1]}; "
+                "add a longer length or drop examples that long"
+            )
+        buckets[next(length for length in lengths if length >= size)].append(i)
+    rng = random.Random(seed)
+    queue: list[tuple[int, int]] = []  # (bucket length, index), longest bucket first
+    for length in reversed(lengths):
+        if shuffle:
+            rng.shuffle(buckets[length])
+        queue += [(length, i) for i in buckets[length]]
+    batches: list[tuple[int, list[int | None]]] = []
+    while queue:
+        length, rows = queue[0][0], max_tokens // queue[0][0]
+        chunk: list[int | None] = [i for _, i in queue[:rows]]
+        batches.append((length, chunk + [None] * (rows - len(chunk))))
+        queue = queue[rows:]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def _pad_rows(seqs: Sequence[Sequence[int] | None], length: int, pad_id: int) -> torch.Tensor:
+    """Stack id lists into a (rows, length) tensor; ``None`` becomes a row of padding."""
+    out = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        if seq:
+            out[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
+
+
+def make_fixed_shape_batches(
+    pairs: Sequence[IdPair],
+    lengths: Sequence[int],
+    max_tokens: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    pad_id: int = PAD_ID,
+) -> list[Seq2SeqBatch]:
+    """Pad ``fixed_shape_batches`` into ``Seq2SeqBatch``es: one tensor shape per length.
+
+    Shapes:
+        each batch: src, tgt_in, tgt_out (max_tokens // L, L) for one L of ``lengths``.
+    """
+    if any(len(tgt) < 2 for _, tgt in pairs):
+        raise ValueError("every target needs BOS and EOS (encode with add_special=True)")
+    batches = []
+    for length, rows in fixed_shape_batches(pairs, lengths, max_tokens, shuffle, seed):
+        picked = [None if i is None else pairs[i] for i in rows]
+        batches.append(
+            Seq2SeqBatch(
+                src=_pad_rows([p and p[0] for p in picked], length, pad_id),
+                tgt_in=_pad_rows([p and p[1][:-1] for p in picked], length, pad_id),
+                tgt_out=_pad_rows([p and p[1][1:] for p in picked], length, pad_id),
             )
         )
     return batches

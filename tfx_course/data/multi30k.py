@@ -14,18 +14,22 @@ Descriptions".
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.client
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from tqdm import tqdm
-
-from tfx_course.files import atomic_open
+from tfx_course.data.download import (
+    ChecksumError,
+    DataError,
+    DownloadError,
+    MissingDataError,
+    RemoteFiles,
+    data_home,
+    download_files,
+    files_status,
+    require_files,
+    sha256_file,
+)
 
 __all__ = [
     "MULTI30K_FILES",
@@ -60,89 +64,20 @@ MULTI30K_URL = (
 )
 # split name -> file stem; each split has <stem>.de.gz and <stem>.en.gz
 SPLITS: dict[str, str] = {"train": "train", "val": "val", "test2016": "test_2016_flickr"}
-_CHUNK = 64 * 1024
-# (resolved path, size, mtime_ns, expected sha256) of files already verified in this process
-_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+# Every data set's errors share one base class; lesson 08 knows it by this name.
+Multi30kError = DataError
 
 
-class Multi30kError(RuntimeError):
-    """Something is wrong with the Multi30k files; the message says what and how to fix it."""
-
-
-class MissingDataError(Multi30kError, FileNotFoundError):
-    """Files a split needs are not in the data folder."""
-
-
-class ChecksumError(Multi30kError):
-    """A file's sha256 differs from the published one (corrupt or a different version)."""
-
-
-class DownloadError(Multi30kError):
-    """A download failed (offline, server error, interrupted connection)."""
-
-
-def data_home() -> Path:
-    """Return the data folder: ``$TFX_COURSE_DATA`` if set, else ``~/.cache/tfx_course``."""
-    env = os.environ.get("TFX_COURSE_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tfx_course"
+def _files(
+    base_url: str = MULTI30K_URL, checksums: Mapping[str, str] = MULTI30K_FILES
+) -> RemoteFiles:
+    return RemoteFiles("Multi30k", "multi30k", base_url, checksums, "download_multi30k()")
 
 
 def multi30k_folder(root: str | os.PathLike | None = None) -> Path:
     """Return the folder that holds (or will hold) the Multi30k files: ``<root>/multi30k``."""
-    return Path(root if root is not None else data_home()).expanduser() / "multi30k"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Return the sha256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fix_hint(folder: Path, names: list[str], base_url: str) -> str:
-    urls = "\n".join(f"  {base_url}{name}" for name in names)
-    return (
-        f"With internet access, run `tfx-course data download` (or "
-        f"`tfx_course.data.download_multi30k()`). Offline, fetch these files on another machine\n"
-        f"{urls}\nand copy them into {folder}, or set TFX_COURSE_DATA to a folder that holds "
-        f"multi30k/ with them."
-    )
-
-
-def _writable(folder: Path) -> bool:
-    # os.access is not enough: root passes it even on read-only mounts. Try for real.
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
-def _verify(path: Path, expected: str, base_url: str) -> None:
-    """Check ``path`` against ``expected``; on mismatch remove it if possible and raise."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, expected)
-    if key in _VERIFIED:
-        return
-    actual = sha256_file(path)
-    if actual == expected:
-        _VERIFIED.add(key)
-        return
-    what = f"{path} is corrupt or a different version: sha256 {actual}, expected {expected}."
-    if _writable(path.parent):
-        path.unlink()
-        raise ChecksumError(
-            f"{what} It has been removed. {_fix_hint(path.parent, [path.name], base_url)}"
-        )
-    raise ChecksumError(
-        f"{what} Its folder is read-only, so it was left in place: replace it with a good copy "
-        f"from {base_url}{path.name}, or set TFX_COURSE_DATA to a writable folder and run "
-        "`tfx-course data download` there."
-    )
+    return _files().location(root)
 
 
 def multi30k_status(
@@ -153,40 +88,7 @@ def multi30k_status(
     Reads every file present and compares its sha256; changes nothing (``download_multi30k``
     repairs, ``load_multi30k`` refuses what is not ok).
     """
-    folder = multi30k_folder(root)
-    states = {}
-    for name, expected in checksums.items():
-        path = folder / name
-        if not path.is_file():
-            states[name] = "missing"
-        else:
-            states[name] = "ok" if sha256_file(path) == expected else "corrupt"
-    return states
-
-
-def _fetch(url: str, path: Path, expected: str, progress: bool, timeout: float) -> None:
-    """Download ``url`` to a temporary file beside ``path``, verify it, then rename it."""
-    digest = hashlib.sha256()
-    # atomic_open removes the temporary file when the block raises (bad download, Ctrl-C)
-    with (
-        atomic_open(path, "wb", suffix=".part") as out,
-        urllib.request.urlopen(url, timeout=timeout) as response,
-    ):
-        total = int(response.headers.get("Content-Length") or 0) or None
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress)
-        with bar:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-        received = out.tell()
-        if total is not None and received != total:
-            raise DownloadError(f"the connection dropped after {received} of {total} bytes")
-        if digest.hexdigest() != expected:
-            raise ChecksumError(
-                f"the download of {url} has sha256 {digest.hexdigest()}, expected {expected}; "
-                "nothing was saved. Try again; if it persists the file changed at the source."
-            )
+    return files_status(_files(checksums=checksums), root)
 
 
 def download_multi30k(
@@ -203,68 +105,8 @@ def download_multi30k(
     Files already present and verified are skipped (``force=True`` fetches them again).
     ``base_url`` and ``checksums`` (file name -> sha256) exist so tests can serve fake files.
     """
-    folder = multi30k_folder(root)
-    todo = _files_to_fetch(folder, checksums, base_url, force)
-    if not todo:
-        return folder
-    _prepare_folder(folder, todo, base_url)
-    for i, name in enumerate(todo):
-        url = base_url + name
-        try:
-            _fetch(url, folder / name, checksums[name], progress, timeout)
-        except (OSError, http.client.HTTPException, DownloadError) as err:  # URLError: OSError
-            raise _download_error(url, err, folder, todo[i:], base_url) from err
-        _verify(folder / name, checksums[name], base_url)
-    return folder
-
-
-def _files_to_fetch(
-    folder: Path, checksums: Mapping[str, str], base_url: str, force: bool
-) -> list[str]:
-    """Return the names to download: missing, corrupt (then removed), or all with ``force``."""
-    todo = []
-    for name, expected in checksums.items():
-        path = folder / name
-        if path.is_file() and not force:
-            try:
-                _verify(path, expected, base_url)
-                continue
-            except ChecksumError:
-                if path.exists():  # corrupt and could not be removed: read-only folder
-                    raise
-                print(f"{name} failed its sha256 check and was removed; downloading it again.")
-        todo.append(name)
-    return todo
-
-
-def _prepare_folder(folder: Path, todo: list[str], base_url: str) -> None:
-    """Create ``folder`` if needed, or raise ``DownloadError`` saying why files cannot go there."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        hint = _fix_hint(folder, todo, base_url)
-        raise DownloadError(f"cannot create {folder} ({err}). {hint}") from err
-    if not _writable(folder):
-        raise DownloadError(
-            f"{folder} is read-only, so the missing files cannot be saved there: set "
-            f"TFX_COURSE_DATA to a writable folder. {_fix_hint(folder, todo, base_url)}"
-        )
-
-
-def _download_error(
-    url: str, err: Exception, folder: Path, remaining: list[str], base_url: str
-) -> DownloadError:
-    """Say which download failed, why, and what is still missing from ``folder``."""
-    offline = isinstance(err, urllib.error.URLError) and not hasattr(err, "code")
-    why = f"{err}; is this machine offline?" if offline else str(err)
-    missing = [n for n in remaining if not (folder / n).is_file()]
-    message = f"could not download {url} ({why}). "
-    if missing:
-        message += f"Missing from {folder}: {', '.join(missing)}. "
-        message += _fix_hint(folder, missing, base_url)
-    else:  # force=True: the verified copies are still in place
-        message += f"The verified files in {folder} were kept."
-    return DownloadError(message)
+    files = _files(base_url, checksums)
+    return download_files(files, root, force, progress=progress, timeout=timeout)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -290,16 +132,8 @@ def load_multi30k(
         raise ValueError(f"unknown Multi30k split {split!r}; choose one of {sorted(SPLITS)}")
     if download:
         download_multi30k(root, checksums=checksums)
-    folder = multi30k_folder(root)
     names = [f"{SPLITS[split]}.{lang}.gz" for lang in ("de", "en")]
-    missing = [n for n in names if not (folder / n).is_file()]
-    if missing:
-        raise MissingDataError(
-            f"Multi30k split {split!r} needs {', '.join(missing)} in {folder}, and it is not "
-            f"there. {_fix_hint(folder, missing, MULTI30K_URL)}"
-        )
-    for name in names:
-        _verify(folder / name, checksums[name], MULTI30K_URL)
+    folder = require_files(_files(checksums=checksums), names, root, f"Multi30k split {split!r}")
     german, english = (_read_lines(folder / n) for n in names)
     if len(german) != len(english):
         raise Multi30kError(

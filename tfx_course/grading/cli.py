@@ -39,11 +39,15 @@ def _unexpected(reports: list[NotebookReport], expect: str) -> list[str]:
     return bad
 
 
-def _report(reports: list[NotebookReport], args: argparse.Namespace, seconds: float) -> int:
+def _report(
+    reports: list[NotebookReport], args: argparse.Namespace, seconds: float, room: bool = False
+) -> int:
     from tfx_course.grading import report
 
     print(report.format_table(reports))
     print(f"\n{report.summary(reports)} in {seconds:.1f} s")
+    if room:
+        print("\n" + report.format_pass_rates(reports))
     for option, write in (
         ("junit", report.write_junit),
         ("csv", report.write_csv),
@@ -57,12 +61,30 @@ def _report(reports: list[NotebookReport], args: argparse.Namespace, seconds: fl
     return 1 if bad else 0
 
 
+def _lessons(args: argparse.Namespace) -> list[str] | None:
+    """Return the lessons to grade (--lessons, --lessons-from), or None for every one."""
+    from tfx_course.grading.classroom import parse_lessons, read_lessons
+
+    if args.lessons_from is None and not args.lessons:
+        return None
+    lessons = read_lessons(Path(args.lessons_from)) if args.lessons_from else []
+    if args.lessons:
+        lessons += parse_lessons(" ".join(args.lessons), "--lessons")
+    return sorted(set(lessons))
+
+
 def _grade(args: argparse.Namespace) -> int:
+    from tfx_course.grading.exercises import ExerciseError
     from tfx_course.grading.run import grade
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"error: not found: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    try:
+        lessons = _lessons(args)
+    except ExerciseError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.perf_counter()
     reports = grade(
@@ -71,16 +93,20 @@ def _grade(args: argparse.Namespace) -> int:
         kernel=args.kernel,
         jobs=args.jobs,
         check_timeout=args.check_timeout,
+        lessons=lessons,
+        student=args.student,
     )
     if not reports:
         print("error: no notebooks (.ipynb) found in the given paths", file=sys.stderr)
         return 2
-    return _report(reports, args, time.perf_counter() - start)
+    return _report(reports, args, time.perf_counter() - start, room=True)
 
 
 def _find_exercise(lesson: str, folder: Path) -> Path | None:
+    from tfx_course.grading.classroom import is_backup
+
     for place in (folder, Path(".")):
-        found = sorted(place.glob(f"{lesson}_*.ipynb"))
+        found = [p for p in sorted(place.glob(f"{lesson}_*.ipynb")) if not is_backup(p)]
         if found:
             return found[0]
     return None
@@ -115,10 +141,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from tfx_course.grading.exercises import ExerciseError, build
+    from tfx_course.grading.exercises import STUDENT_NOTEBOOKS, ExerciseError, build
 
+    copy_to = STUDENT_NOTEBOOKS if args.package_copy else None
     try:
-        results = build(Path(args.solutions), Path(args.out), check=args.check)
+        results = build(Path(args.solutions), Path(args.out), check=args.check, copy_to=copy_to)
     except ExerciseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -153,6 +180,69 @@ def _nbgrader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reset(args: argparse.Namespace) -> int:
+    from tfx_course.grading.classroom import reset_exercise
+    from tfx_course.grading.exercises import ExerciseError
+
+    try:
+        fresh, backup = reset_exercise(args.lesson, Path(args.folder))
+    except ExerciseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if backup is not None:
+        print(f"kept        {backup} (your old notebook)")
+    print(f"fresh       {fresh}")
+    print("In JupyterLab, close the old tab and open the fresh notebook (File > Reload if open).")
+    return 0
+
+
+def _template(args: argparse.Namespace) -> int:
+    from tfx_course.grading.classroom import LESSONS_FILE, make_template, parse_lessons
+    from tfx_course.grading.exercises import ExerciseError
+
+    try:
+        lessons = parse_lessons(" ".join(args.lessons), "--lessons") if args.lessons else None
+        written = make_template(Path(args.source), Path(args.dest), lessons)
+    except ExerciseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"written     {len(written)} files to {args.dest}, without exercises/solutions/")
+    print(f"graded      the lessons listed in {args.dest}/{LESSONS_FILE.as_posix()}")
+    print("next: push it to a new repository and mark it a template (see docs/instructors.md)")
+    return 0
+
+
+def _add_exercises_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("exercises", help="build, reset and hand out the exercise notebooks")
+    ex_sub = p.add_subparsers(dest="exercises_command", required=True, metavar="ACTION")
+    b = ex_sub.add_parser("build", help="write exercises/NN_*.ipynb from exercises/solutions/")
+    b.add_argument("--solutions", default="exercises/solutions", help="source notebooks")
+    b.add_argument("--out", default="exercises", help="where the student notebooks go")
+    b.add_argument("--check", action="store_true", help="write nothing; exit 1 if any is stale")
+    b.add_argument("--package-copy", action=argparse.BooleanOptionalAction, default=True,
+                   help="also keep the package's copy (tfx_course/student_notebooks/) in step")  # fmt: skip
+    b.set_defaults(func=_build)
+    n = ex_sub.add_parser("nbgrader", help="lay out an nbgrader course (one assignment per lesson)")
+    n.add_argument("dest", help="the nbgrader course folder (created if missing)")
+    n.add_argument("lessons", nargs="*", help="lesson numbers, e.g. 01 02 (default: all)")
+    n.add_argument("--solutions", default="exercises/solutions", help="source notebooks")
+    n.set_defaults(func=_nbgrader)
+    r = ex_sub.add_parser(
+        "reset", help="get a fresh exercise notebook; the old one is kept as NN_topic.bak-K.ipynb"
+    )
+    r.add_argument("lesson", help="lesson number, e.g. 03")
+    r.add_argument("--folder", default="exercises", help="where your exercise notebooks are")
+    r.set_defaults(func=_reset)
+    t = ex_sub.add_parser(
+        "template", help="copy the course without exercises/solutions/, for students' repositories"
+    )
+    t.add_argument("dest", help="a new folder for the template")
+    t.add_argument("--lessons", nargs="+", metavar="NN",
+                   help="lessons the template's grading workflow grades (default: as in the course)")  # fmt: skip
+    t.add_argument("--source", default=".", help="the course folder to copy (default: here)")
+    t.set_defaults(func=_template)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``grade``, ``check`` and ``exercises`` to the ``tfx-course`` command."""
     p = sub.add_parser("grade", help="run exercise notebooks and print one result per exercise")
@@ -164,6 +254,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
     p.add_argument("--csv", metavar="FILE", help="also write CSV")
     p.add_argument("--markdown", metavar="FILE", help="also write a Markdown table")
+    p.add_argument("--lessons", nargs="+", metavar="NN",
+                   help="grade only these lessons; a missing notebook fails its exercises")  # fmt: skip
+    p.add_argument("--lessons-from", metavar="FILE",
+                   help="read the lessons to grade from FILE (e.g. exercises/LESSONS_REACHED)")  # fmt: skip
+    p.add_argument("--student", help="the name of the student who owns every notebook given")
     p.add_argument(
         "--expect",
         choices=EXPECT,
@@ -179,15 +274,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_run_options(p)
     p.set_defaults(func=_check)
 
-    p = sub.add_parser("exercises", help="build the student notebooks from the solutions")
-    ex_sub = p.add_subparsers(dest="exercises_command", required=True, metavar="ACTION")
-    b = ex_sub.add_parser("build", help="write exercises/NN_*.ipynb from exercises/solutions/")
-    b.add_argument("--solutions", default="exercises/solutions", help="source notebooks")
-    b.add_argument("--out", default="exercises", help="where the student notebooks go")
-    b.add_argument("--check", action="store_true", help="write nothing; exit 1 if any is stale")
-    b.set_defaults(func=_build)
-    n = ex_sub.add_parser("nbgrader", help="lay out an nbgrader course (one assignment per lesson)")
-    n.add_argument("dest", help="the nbgrader course folder (created if missing)")
-    n.add_argument("lessons", nargs="*", help="lesson numbers, e.g. 01 02 (default: all)")
-    n.add_argument("--solutions", default="exercises/solutions", help="source notebooks")
-    n.set_defaults(func=_nbgrader)
+    _add_exercises_commands(sub)

@@ -5,12 +5,15 @@ nbgrader's ``### BEGIN SOLUTION`` and ``### END SOLUTION`` markers, in a cell wh
 metadata names its exercise (``{"tfx_course": {"exercise": ID, "role": "solution"}}``);
 the exercise's check cell carries ``"role": "check"`` and calls ``check_ID``. The student
 notebook ``exercises/NN_topic.ipynb`` is the same notebook with every answer replaced by
-``raise NotImplementedError(...)`` and every output cleared.
+``raise NotImplementedError(...)`` and every output cleared. A copy of each student notebook
+ships inside the package (``tfx_course/student_notebooks/``), so that a learner can get a
+fresh one without the solutions (``tfx-course exercises reset NN``).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ __all__ = [
     "strip_solutions",
     "student_notebook",
     "build",
+    "STUDENT_NOTEBOOKS",
+    "student_notebook_path",
     "NBGRADER_CONFIG",
     "nbgrader_course",
 ]
@@ -37,18 +42,31 @@ __all__ = [
 # results from a lesson's notebook; a test keeps them in step with the solutions.
 LESSONS: dict[str, tuple[str, ...]] = {
     "01": ("attention_scores", "padding_mask", "causal_mask", "masked_softmax", "attention"),
-    "02": ("split_heads", "merge_heads", "multi_head_attention"),
-    "03": ("sinusoidal_encoding", "embed_tokens"),
-    "04": ("layer_norm", "pre_ln_residual", "post_ln_residual"),
-    "05": ("feed_forward", "encoder_layer"),
-    "06": ("target_mask", "decoder_layer"),
-    "07": ("label_smoothing", "warmup_schedule", "greedy_decode"),
-    "08": ("pair_counts", "merge_pair"),
-    "09": ("clip_grad_norm", "adamw_step", "cosine_lr"),
-    "10": ("length_penalty", "beam_step", "ngram_matches"),
+    "02": ("split_heads", "merge_heads", "multi_head_attention", "multi_query_attention"),
+    "03": ("sinusoidal_encoding", "embed_tokens", "alibi_bias"),
+    "04": ("layer_norm", "pre_ln_residual", "post_ln_residual", "rezero_residual"),
+    "05": ("feed_forward", "encoder_layer", "parallel_block"),
+    "06": ("target_mask", "decoder_layer", "cross_attention_cache"),
+    "07": ("greedy_decode", "sample_decode"),
+    "08": ("pair_counts", "merge_pair", "byte_fallback"),
+    "09": (
+        "label_smoothing",
+        "warmup_schedule",
+        "clip_grad_norm",
+        "adamw_step",
+        "cosine_lr",
+        "ema_update",
+    ),
+    "10": ("length_penalty", "beam_step", "ngram_matches", "top_p_filter"),
+    "11": ("mask_head", "attention_rollout", "integrated_gradients"),
+    "12": ("blockwise_attention", "accumulation_step", "stream_batches"),
+    "13": ("rnn_attention_step", "gradient_reach"),
+    "14": ("lr_range_test", "overfitting_step", "nested_subsets"),
 }
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+# The student notebooks as package data: `exercises build` writes them beside exercises/.
+STUDENT_NOTEBOOKS = Path(str(importlib.resources.files("tfx_course").joinpath("student_notebooks")))
 META = "tfx_course"  # the key of the course's cell and notebook metadata
 _LESSON_NAME = re.compile(r"(?<![0-9])([0-9]{2})_[A-Za-z0-9_]+\.ipynb$")
 
@@ -152,22 +170,36 @@ def _text(nb: NotebookNode) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def build(solutions: Path, out: Path, check: bool = False) -> list[BuildResult]:
+def build(
+    solutions: Path, out: Path, check: bool = False, copy_to: Path | None = None
+) -> list[BuildResult]:
     """Write the student notebook of every ``solutions/NN_*.ipynb`` into ``out``.
 
-    With ``check=True`` nothing is written; the results say which files are stale.
+    ``copy_to`` (the package's ``student_notebooks/`` for the course itself) gets the same
+    files. With ``check=True`` nothing is written; the results say which files are stale.
     """
     results = []
     for source in sorted(solutions.glob("[0-9][0-9]_*.ipynb")):
         text = _text(student_notebook(nbformat.read(source, as_version=4), source.name))
-        target = out / source.name
-        stale = not target.exists() or target.read_text(encoding="utf-8") != text
-        if stale and not check:
-            target.write_text(text, encoding="utf-8")
-        results.append(BuildResult(source, target, stale))
+        for folder in [out] if copy_to is None else [out, copy_to]:
+            target = folder / source.name
+            stale = not target.exists() or target.read_text(encoding="utf-8") != text
+            if stale and not check:
+                folder.mkdir(parents=True, exist_ok=True)
+                target.write_text(text, encoding="utf-8")
+            results.append(BuildResult(source, target, stale))
     if not results:
         raise ExerciseError(f"no solution notebooks (NN_topic.ipynb) found in {solutions}")
     return results
+
+
+def student_notebook_path(lesson: str, folder: Path = STUDENT_NOTEBOOKS) -> Path:
+    """Return the packaged student notebook of ``lesson`` ("01"), or raise ``ExerciseError``."""
+    found = sorted(folder.glob(f"{lesson}_*.ipynb"))
+    if lesson not in LESSONS or not found:
+        known = ", ".join(LESSONS)
+        raise ExerciseError(f"lesson {lesson!r} has no exercise notebook; lessons: {known}")
+    return found[0]
 
 
 NBGRADER_CONFIG = """\

@@ -8,9 +8,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tfx_course.checks.core import verdict
+from tfx_course.grading.exercises import LESSONS
 from tfx_course.grading.run import ExerciseResult, NotebookReport
 
-__all__ = ["rows", "format_table", "summary", "write_junit", "write_csv", "write_markdown"]
+__all__ = [
+    "rows",
+    "format_table",
+    "summary",
+    "pass_rates",
+    "format_pass_rates",
+    "write_junit",
+    "write_csv",
+    "write_markdown",
+]
 
 HEADER = ("student", "notebook", "exercise", "result", "message")
 
@@ -54,6 +64,36 @@ def summary(reports: Sequence[NotebookReport]) -> str:
         f"{passed} of {len(results)} exercises passed "
         f"({students} student{'s' * (students != 1)}, {len(reports)} notebook{'s' * (len(reports) != 1)})"
     )
+
+
+def pass_rates(reports: Sequence[NotebookReport]) -> list[tuple[str, str, int, int]]:
+    """Return ``(lesson, exercise, passed, graded)`` per exercise, in the course's order."""
+    lesson_of = {name: lesson for lesson, names in LESSONS.items() for name in names}
+    order = list(lesson_of)
+    counts: dict[str, list[int]] = {}
+    for r in rows(reports):
+        if r.exercise != "-":  # a notebook without any check
+            count = counts.setdefault(r.exercise, [0, 0])
+            count[0] += r.passed
+            count[1] += 1
+    ranked = sorted(counts, key=lambda e: (order.index(e) if e in order else len(order), e))
+    return [(lesson_of.get(e, "?"), e, *counts[e]) for e in ranked]
+
+
+def format_pass_rates(reports: Sequence[NotebookReport]) -> str:
+    """Return a table of how many students passed each exercise (a room's progress)."""
+    rates = pass_rates(reports)
+    if not rates:
+        return "Pass rate per exercise: no exercises graded"
+    width = max(len(exercise) for _, exercise, _, _ in rates)
+    students = len({r.student for r in reports})
+    lines = [f"Pass rate per exercise ({students} student{'s' * (students != 1)}):"]
+    for lesson, exercise, passed, graded in rates:
+        bar = "#" * round(10 * passed / graded)
+        lines.append(
+            f"  {lesson}  {exercise:<{width}}  {passed:>3} of {graded:<3} {passed / graded:>4.0%}  {bar}"
+        )
+    return "\n".join(lines)
 
 
 def write_junit(reports: Sequence[NotebookReport], path: Path | str) -> None:

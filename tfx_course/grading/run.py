@@ -32,7 +32,14 @@ from tfx_course.checks.core import (
     VERDICT_LINE,
     verdict,
 )
-from tfx_course.grading.exercises import LESSONS, exercise_cells, lesson_of
+from tfx_course.grading.classroom import is_backup
+from tfx_course.grading.exercises import (
+    LESSONS,
+    ExerciseError,
+    exercise_cells,
+    lesson_of,
+    student_notebook_path,
+)
 
 __all__ = ["ExerciseResult", "NotebookReport", "find_notebooks", "grade", "grade_notebook"]
 
@@ -72,21 +79,69 @@ def find_notebooks(paths: Iterable[Path | str]) -> list[tuple[str, Path]]:
 
     A file belongs to the student named by its folder. In a folder, each subfolder is a
     student (``class/alice/01_self_attention.ipynb`` is alice's); notebooks directly in
-    the folder belong to the student named by the folder itself.
+    the folder belong to the student named by the folder itself. A course checkout (a folder
+    with ``exercises/``: a learner's fork, or a folder of cloned forks, one per student)
+    contributes only its ``exercises/NN_topic.ipynb``. Backups that ``tfx-course exercises
+    reset`` kept (``NN_topic.bak-K.ipynb``) and hidden folders are skipped.
     """
     found: list[tuple[str, Path]] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            for nb_path in sorted(path.rglob("*.ipynb")):
-                relative = nb_path.relative_to(path)
-                if any(part.startswith(".") for part in relative.parts):
-                    continue  # .ipynb_checkpoints and other hidden copies
-                student = relative.parts[0] if len(relative.parts) > 1 else path.resolve().name
-                found.append((student, nb_path))
-        else:
+        if not path.is_dir():
             found.append((path.resolve().parent.name, path))
+        elif _is_checkout(path):
+            found += _checkout_notebooks(path.resolve().name, path)
+        else:
+            found += _folder_notebooks(path)
     return found
+
+
+def _is_checkout(folder: Path) -> bool:
+    return (folder / "exercises").is_dir()
+
+
+def _checkout_notebooks(student: str, checkout: Path) -> list[tuple[str, Path]]:
+    notebooks = sorted((checkout / "exercises").glob("[0-9][0-9]_*.ipynb"))
+    return [(student, nb_path) for nb_path in notebooks if not is_backup(nb_path)]
+
+
+def _folder_notebooks(folder: Path) -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+    checkouts = {child.name for child in folder.iterdir() if child.is_dir() and _is_checkout(child)}
+    for name in sorted(checkouts):
+        found += _checkout_notebooks(name, folder / name)
+    for nb_path in sorted(folder.rglob("*.ipynb")):
+        relative = nb_path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or is_backup(nb_path):
+            continue  # .ipynb_checkpoints and other hidden copies, kept old notebooks
+        if relative.parts[0] in checkouts:
+            continue
+        student = relative.parts[0] if len(relative.parts) > 1 else folder.resolve().name
+        found.append((student, nb_path))
+    return found
+
+
+def _not_submitted(
+    found: Sequence[tuple[str, Path]], students: set[str], lessons: Sequence[str] | None
+) -> list[NotebookReport]:
+    """Fail every exercise of a lesson a student has no notebook for.
+
+    The lessons expected are ``lessons``, or else every lesson someone in the room handed in.
+    """
+    have = {(student, lesson_of(path)) for student, path in found}
+    expected = lessons if lessons is not None else sorted({n for _, n in have if n in LESSONS})
+    reports = []
+    for student in sorted(students):
+        for lesson in expected:
+            if (student, lesson) in have:
+                continue
+            try:
+                name = student_notebook_path(lesson).name
+            except ExerciseError:
+                name = f"{lesson}_exercises.ipynb"
+            report = NotebookReport(student, name, Path(name))
+            reports.append(_fail_all(report, f"not submitted: {student} has no {name}"))
+    return reports
 
 
 def _cell_error(cell: NotebookNode) -> str | None:
@@ -256,15 +311,26 @@ def grade(
     kernel: str = DEFAULT_KERNEL,
     jobs: int = 1,
     check_timeout: float | None = None,
+    lessons: Sequence[str] | None = None,
+    student: str | None = None,
 ) -> list[NotebookReport]:
     """Grade notebooks and folders of submissions; return one report per notebook.
 
     ``timeout`` limits each cell (seconds), ``check_timeout`` each call a check makes into
     learner code, ``jobs`` how many notebooks run at once, ``kernel`` the kernel name.
+    ``lessons`` (e.g. ["01", "02"]) grades only those lessons' notebooks; a student without
+    one of them gets its exercises as failed rows, as does a student who lacks a notebook that
+    others in the room handed in. ``student`` names the owner of every notebook found.
     """
     found = find_notebooks(paths)
+    if student is not None:
+        found = [(student, path) for _, path in found]
+    if lessons is not None:
+        found = [(name, path) for name, path in found if lesson_of(path) in lessons]
+    students = {name for name, _ in found} | ({student} if student is not None else set())
     options = {"timeout": timeout, "kernel": kernel, "check_timeout": check_timeout}
-    return asyncio.run(_grade_all(found, jobs, **options))
+    reports = asyncio.run(_grade_all(found, jobs, **options))
+    return reports + _not_submitted(found, students, lessons)
 
 
 def grade_notebook(

@@ -116,8 +116,12 @@ class TfxTranslationModel(PreTrainedModel, GenerationMixin):
         if encoder_outputs is None:
             encoder_outputs = _Encoder(self.transformer)(input_ids)
         memory = encoder_outputs[0]  # (B, S, C)
-        if attention_mask is None:
-            attention_mask = input_ids != pad_id
+        if attention_mask is None:  # generate() passes the encoded source, not input_ids
+            attention_mask = (
+                input_ids != pad_id
+                if input_ids is not None
+                else torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
+            )
         decoder = self.transformer.decoder
         x = decoder(decoder_input_ids, memory, target_mask(decoder_input_ids, pad_id),
                     padding_mask(attention_mask.bool()))  # fmt: skip

@@ -85,6 +85,19 @@ def quantization(model, tokenizer, test, sentences) -> dict:
     return rows
 
 
+def recorded_step_inputs(eager, srcs, shape) -> list[tuple]:
+    """Return the inputs of every decoder step while the eager programs translate ``srcs``."""
+    recorded = []
+
+    def step(*inputs):
+        recorded.append(inputs)
+        return eager[1](*inputs)
+
+    for src in srcs:
+        export.greedy_translate(eager[0], step, src, shape, MAX_LEN)
+    return recorded
+
+
 def runtimes(model, tokenizer, test, sentences, folder: Path) -> dict:
     c = model.config
     shape = (c.n_decoder_layers, c.n_heads, c.d_head)
@@ -102,6 +115,7 @@ def runtimes(model, tokenizer, test, sentences, folder: Path) -> dict:
         built[name] = (tuple(export.ExecuTorchRunner(p) for p in paths), sum(p.stat().st_size for p in paths))  # fmt: skip
     srcs = [source(tokenizer, de) for de, _ in test]
     reference = [tfx.decoding.greedy_decode(model, s, max_len=MAX_LEN) for s in srcs]
+    step_inputs = recorded_step_inputs(eager, srcs[:5], shape)
     rows = {}
     for name, ((encoder, step), size) in built.items():
 
@@ -114,6 +128,7 @@ def runtimes(model, tokenizer, test, sentences, folder: Path) -> dict:
         rows[name] = {
             "file_bytes": size,
             "encoder_max_difference": export.max_difference(eager[0], encoder, inputs),
+            "step_max_difference": export.max_difference(eager[1], step, step_inputs),
             "same_tokens_as_greedy_decode": same,
             "sentences": len(srcs),
             "seconds_per_sentence": round(median_seconds(run, sentences), 5),

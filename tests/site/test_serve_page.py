@@ -6,11 +6,10 @@ Run by `make test-book` with the website's test, which drives the same Chromium.
 from pathlib import Path
 
 import pytest
+from test_site import CHROMIUM, CHROMIUM_FLAGS
 
 from tfx_course import serve
 from tfx_course.pretrained import load_course_model
-
-from test_site import CHROMIUM, CHROMIUM_FLAGS
 
 
 @pytest.fixture(scope="module")

@@ -275,7 +275,7 @@ def to_executorch(
     ``xnnpack=True`` hands the operators XNNPACK supports (matrix products, most element-wise
     work) to its optimized CPU kernels; the rest runs on ExecuTorch's portable kernels.
     """
-    with quiet_imports():
+    with quiet_imports(), _quiet_native_stderr():  # XNNPACK logs its CPU probing
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 

@@ -50,15 +50,21 @@ def machine() -> dict:
     }
 
 
-def median_seconds(fn, items) -> float:
-    """Return the median time of ``fn(item)`` over ``items`` (after one warm-up call)."""
-    fn(items[0])
-    times = []
+def median_seconds(fns: dict, items) -> dict[str, float]:
+    """Return the median time of each ``fn(item)`` over ``items``, the functions taking turns.
+
+    Each item runs every function once before the next item, so that other jobs on a shared
+    machine slow them all alike; one warm-up call each first.
+    """
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn(items[0])
     for item in items:
-        start = time.perf_counter()
-        fn(item)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(item)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def source(tokenizer, text: str) -> torch.Tensor:
@@ -66,20 +72,21 @@ def source(tokenizer, text: str) -> torch.Tensor:
 
 
 def quantization(model, tokenizer, test, sentences) -> dict:
+    models = {"float32": model} | {s: quantize.quantize_model(model, s) for s in quantize.SCHEMES}
+    latency = median_seconds(
+        {name: lambda text, m=m: tfx.decoding.greedy_decode(m, source(tokenizer, text), max_len=MAX_LEN)
+         for name, m in models.items()},
+        sentences,
+    )  # fmt: skip
     rows = {}
-    for scheme in ("float32", *quantize.SCHEMES):
-        m = model if scheme == "float32" else quantize.quantize_model(model, scheme)
+    for scheme, m in models.items():
         bleu = tfx.evaluation.evaluate_translation(m, tokenizer, test, "greedy", max_len=MAX_LEN)
-        latency = median_seconds(
-            lambda text, m=m: tfx.decoding.greedy_decode(m, source(tokenizer, text), max_len=MAX_LEN),
-            sentences,
-        )  # fmt: skip
         rows[scheme] = {
             "bytes": quantize.saved_bytes(m),
             "bleu": round(bleu.bleu.score, 2),
             "signature": bleu.bleu.signature,
             "sentences": len(test),
-            "seconds_per_sentence": round(latency, 5),
+            "seconds_per_sentence": round(latency[scheme], 5),
         }
         print(scheme, rows[scheme], flush=True)
     return rows
@@ -116,23 +123,24 @@ def runtimes(model, tokenizer, test, sentences, folder: Path) -> dict:
     srcs = [source(tokenizer, de) for de, _ in test]
     reference = [tfx.decoding.greedy_decode(model, s, max_len=MAX_LEN) for s in srcs]
     step_inputs = recorded_step_inputs(eager, srcs[:5], shape)
+    runners = {name: runner for name, (runner, _) in built.items()}
+    latency = median_seconds(
+        {name: lambda text, r=r: export.greedy_translate(*r, source(tokenizer, text), shape, MAX_LEN)
+         for name, r in runners.items()},
+        sentences,
+    )  # fmt: skip
     rows = {}
     for name, ((encoder, step), size) in built.items():
-
-        def run(text, encoder=encoder, step=step):
-            return export.greedy_translate(encoder, step, source(tokenizer, text), shape, MAX_LEN)
-
-        same = sum(torch.equal(run_src, ref) for run_src, ref in zip(
-            (export.greedy_translate(encoder, step, s, shape, MAX_LEN) for s in srcs), reference, strict=True))  # fmt: skip
-        inputs = [(s,) for s in srcs[:20]]
+        decoded = (export.greedy_translate(encoder, step, s, shape, MAX_LEN) for s in srcs)
+        same = sum(torch.equal(got, ref) for got, ref in zip(decoded, reference, strict=True))
         rows[name] = {
             "file_bytes": size,
-            "encoder_max_difference": export.max_difference(eager[0], encoder, inputs),
+            "encoder_max_difference": export.max_difference(eager[0], encoder, [(s,) for s in srcs[:20]]),
             "step_max_difference": export.max_difference(eager[1], step, step_inputs),
             "same_tokens_as_greedy_decode": same,
             "sentences": len(srcs),
-            "seconds_per_sentence": round(median_seconds(run, sentences), 5),
-        }
+            "seconds_per_sentence": round(latency[name], 5),
+        }  # fmt: skip
         print(name, rows[name], flush=True)
     return rows
 

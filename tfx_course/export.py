@@ -256,10 +256,14 @@ class OnnxRunner:
 
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
-    """Send what C++ code writes to file descriptor 2 to /dev/null for the block."""
+    """Silence stderr for the block: file descriptor 2, and Python's ``sys.stderr``.
+
+    ExecuTorch's C++ logs reach file descriptor 2 in a plain process, and Python's
+    ``sys.stderr`` inside a Jupyter kernel (its bindings write there).
+    """
     saved = os.dup(2)
     try:
-        with open(os.devnull, "w") as devnull:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             os.dup2(devnull.fileno(), 2)
             yield
     finally:
@@ -296,13 +300,10 @@ class ExecuTorchRunner:
 
             self.program = Runtime.get().load_program(str(path))
             self.method = self.program.load_method("forward")
-            self._warm = False
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         args = [t.detach().contiguous() for t in inputs]
-        if self._warm:
-            return tuple(self.method.execute(args))
+        # XNNPACK may probe the CPU again on a new input shape and log it from C++: keep
+        # stderr quiet on every call (a few microseconds).
         with _quiet_native_stderr():
-            out = tuple(self.method.execute(args))
-        self._warm = True
-        return out
+            return tuple(self.method.execute(args))

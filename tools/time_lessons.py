@@ -123,6 +123,7 @@ TITLES = {
     "12": "efficiency and scale",
     "13": "Transformer vs RNN and CNN",
     "14": "tuning and low-resource",
+    "15": "quantization and deployment",
 }
 
 

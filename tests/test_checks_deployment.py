@@ -26,17 +26,20 @@ def _quantize(x, *, per_row=True, width=127.5, rounding=torch.round, clamp=True,
     return q.to(torch.int32).to(torch.int8), scale
 
 
-def _dequantize(q, scale):
-    return q.float() * scale
+def _int8(quantize_fn=_quantize, dequantize_fn=lambda q, s: q.float() * s):
+    class Int8Weight:
+        def __init__(self, x):
+            got = quantize_fn(x)
+            self.qdata, self.scale = got if isinstance(got, tuple) else (got, None)
+
+        def dequantize(self):
+            return dequantize_fn(self.qdata, self.scale)
+
+    return Int8Weight
 
 
 def _quantize_bug(**bug):
-    return lambda x: _quantize(x, **bug)
-
-
-def _check_quantize(pair):
-    quantize_fn, dequantize_fn = pair
-    return checks.check_int8_quantize(quantize_fn, dequantize_fn)
+    return _int8(lambda x: _quantize(x, **bug))
 
 
 def _quantize_numpy(x):
@@ -46,6 +49,11 @@ def _quantize_numpy(x):
     scale = np.maximum(np.abs(a).max(axis=1, keepdims=True) / 127.5, np.finfo(np.float32).eps)
     q = np.clip(np.rint(a / scale), -128, 127).astype(np.int8)
     return torch.from_numpy(q), torch.from_numpy(scale)
+
+
+class _NoDequantize:
+    def __init__(self, x):
+        self.qdata, self.scale = _quantize(x)
 
 
 # --- take_batch -------------------------------------------------------------------------------
@@ -131,15 +139,16 @@ def _parity_bug(**bug):
 
 BUGS = {
     "int8_quantize": [
-        ((_quantize_bug(per_row=False), _dequantize), "one scale per row"),
-        ((_quantize_bug(width=127.0), _dequantize), "by 127.5"),
-        ((_quantize_bug(rounding=torch.trunc), _dequantize), "truncates toward 0"),
-        ((_quantize_bug(clamp=False), _dequantize), "clamp the codes"),
-        ((_quantize_bug(eps=False), _dequantize), "a scale of 0"),
-        ((_quantize, lambda q, s: q.float()), "returned the codes"),
-        ((_quantize, lambda q, s: q.float() / s), "should return q * scale"),
-        ((lambda x: _quantize(x)[0], _dequantize), "should return (codes, scales)"),
-        ((lambda x: (_quantize(x)[0].int(), _quantize(x)[1]), _dequantize), "dtype torch.int32"),
+        (_quantize_bug(per_row=False), "one scale per row"),
+        (_quantize_bug(width=127.0), "by 127.5"),
+        (_quantize_bug(rounding=torch.trunc), "truncates toward 0"),
+        (_quantize_bug(clamp=False), "clamp the codes"),
+        (_quantize_bug(eps=False), "a scale of 0"),
+        (_int8(dequantize_fn=lambda q, s: q.float()), "returned the codes"),
+        (_int8(dequantize_fn=lambda q, s: q.float() / s), "should return self.qdata * self.scale"),
+        (_int8(lambda x: _quantize(x)[0]), "self.scale (one per row) should be a torch.Tensor"),
+        (_int8(lambda x: (_quantize(x)[0].int(), _quantize(x)[1])), "dtype torch.int32"),
+        (_NoDequantize, "define dequantize(self)"),
     ],
     "take_batch": [
         (_batch_bug(reset=True), "set the deadline once"),
@@ -157,12 +166,12 @@ BUGS = {
     ],
 }
 ALTERNATIVES = {
-    "int8_quantize": [(_quantize, _dequantize), (_quantize_numpy, _dequantize)],
+    "int8_quantize": [_int8(), _int8(_quantize_numpy)],
     "take_batch": [take_batch, _batch_loop],
     "max_difference": [max_difference, _parity],
 }
 CHECKS = {
-    "int8_quantize": _check_quantize,
+    "int8_quantize": checks.check_int8_quantize,
     "take_batch": checks.check_take_batch,
     "max_difference": checks.check_max_difference,
 }

@@ -58,16 +58,24 @@ def _quantize_mistakes(x: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     }  # fmt: skip
 
 
-def _quantize_steps(quantize_fn: Callable, dequantize_fn: Callable, timeout: float | None) -> str:
-    x = _weights()
-    got = call("quantize_int8(x)", quantize_fn, x.clone(), timeout=timeout)
-    if not (isinstance(got, tuple | list) and len(got) == 2):
-        raise Fail(f"quantize_int8 should return (codes, scales), got {type(got).__name__}")
-    q = expect_tensor(got[0], "the codes", shape=(6, 16), dtype=torch.int8)
-    scale = expect_tensor(got[1], "the scales (one per row)", shape=(6, 1), finite=False)
+def _quantized(cls: Callable, x: Tensor, timeout: float | None) -> Any:
+    """Build the learner's ``Int8Weight(x)`` and check what it holds: (object, codes, scales)."""
+    obj = call("Int8Weight(x)", cls, x.clone(), timeout=timeout)
+    missing = [name for name in ("qdata", "scale", "dequantize") if not hasattr(obj, name)]
+    if missing:
+        raise Fail(f"Int8Weight(x) gave a {type(obj).__name__} without {', '.join(missing)}: "
+                   "store self.qdata and self.scale in __init__ and define dequantize(self)")  # fmt: skip
+    q = expect_tensor(obj.qdata, "self.qdata (the codes)", shape=(6, 16), dtype=torch.int8)
+    scale = expect_tensor(obj.scale, "self.scale (one per row)", shape=(6, 1), finite=False)
     if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
         raise Fail("a row of zeros got a scale of 0 (or not finite): clamp the scale to a small "
                    "positive minimum, e.g. .clamp(min=torch.finfo(torch.float32).eps)")  # fmt: skip
+    return obj, q, scale
+
+
+def _quantize_steps(cls: Callable, timeout: float | None) -> str:
+    x = _weights()
+    obj, q, scale = _quantized(cls, x, timeout)
     ref_scale = symmetric_scale(x)
     ref_q = quantize(x, ref_scale)
     good = torch.allclose(scale.double(), ref_scale.double(), rtol=1e-5, atol=1e-9)
@@ -78,24 +86,22 @@ def _quantize_steps(quantize_fn: Callable, dequantize_fn: Callable, timeout: flo
         worst = int((q.int() - ref_q.int()).abs().argmax()) // 16
         raise Fail(f"row {worst}: codes {q[worst, :4].tolist()}... scale {scale[worst].item():.4g}; "
                    f"expected {ref_q[worst, :4].tolist()}... scale {ref_scale[worst].item():.4g}")  # fmt: skip
-    back = expect_tensor(call("dequantize_int8(q, scale)", dequantize_fn, ref_q.clone(), ref_scale.clone(), timeout=timeout),
-                         "dequantize_int8's result", shape=(6, 16))  # fmt: skip
+    obj.qdata, obj.scale = ref_q.clone(), ref_scale.clone()  # dequantize what it should hold
+    back = expect_tensor(call("dequantize()", obj.dequantize, timeout=timeout), "dequantize()'s result", shape=(6, 16))  # fmt: skip
     if not back.is_floating_point():
-        raise Fail(f"dequantize_int8 should return floats, got {back.dtype}")
+        raise Fail(f"dequantize() should return floats, got {back.dtype}")
     if torch.allclose(back.double(), ref_q.double(), atol=1e-6):
-        raise Fail("dequantize_int8 returned the codes: multiply them by their row's scale")
+        raise Fail("dequantize() returned the codes: multiply them by their row's scale")
     if not torch.allclose(back.double(), dequantize(ref_q, ref_scale).double(), rtol=1e-6, atol=1e-9):  # fmt: skip
-        raise Fail("dequantize_int8(q, scale) should return q * scale (q as float), row by row")
+        raise Fail("dequantize() should return self.qdata * self.scale (codes as float), row by row")  # fmt: skip
     if not bool(((back - x).abs() <= ref_scale * 0.5001).all()):
         raise Fail("the round trip moved a value by more than half a step")
     return "per-row scales, rounded and clamped codes, a round trip within half a step"
 
 
-def check_int8_quantize(
-    quantize_fn: Callable, dequantize_fn: Callable, timeout: float | None = None
-) -> CheckResult:
-    """Check ``quantize_int8(x) -> (q, scale)`` and ``dequantize_int8(q, scale) -> x_hat``."""
-    return run_check("int8_quantize", lambda: _quantize_steps(quantize_fn, dequantize_fn, timeout))
+def check_int8_quantize(cls: Callable, timeout: float | None = None) -> CheckResult:
+    """Check ``Int8Weight(x)``: ``.qdata`` int8 codes, ``.scale`` per row, ``.dequantize()``."""
+    return run_check("int8_quantize", lambda: _quantize_steps(cls, timeout))
 
 
 # --- the batching queue -----------------------------------------------------------------------

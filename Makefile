@@ -47,8 +47,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	@# index, else the default one): PyPI's Linux wheel pulls several GB of CUDA libraries.
 	set -o pipefail; $(BIN)/python tools/install_torch.py --build $(TORCH_BUILD) $(PIP_OFFLINE) 2>&1 \
 		| { grep -v "$(PIP_NOISE)" || true; }
-	set -o pipefail; $(PIP) -e ".[dev]" -c $(LOCK) $(PIP_OFFLINE) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
-	$(BIN)/python -c "import torch, tfx_course, nbval, jupyterlab"
+	set -o pipefail; $(PIP) -e ".[dev,deploy]" -c $(LOCK) $(PIP_OFFLINE) 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(BIN)/python -c "import torch, tfx_course, nbval, jupyterlab, torchao, executorch, onnxruntime"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (tfx_course)" >/dev/null
 	@# nbgrader is an instructors' tool (docs/instructors.md): keep its menus out of learners' lab.
 	@for ext in $(NBGRADER_SERVER); do \

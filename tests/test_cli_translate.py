@@ -50,5 +50,15 @@ def test_translate_command_reads_stdin_and_reports_problems(checkpoint, capsys, 
     assert main(["translate", "--checkpoint", str(checkpoint.parent / "nowhere"), "x"]) == 1
     assert "model.pt, tokenizer.json not found" in capsys.readouterr().err
     long = " ".join(["Hund"] * 30)  # more subwords than the model's max_len=24
-    assert main(["translate", "--checkpoint", str(checkpoint), long]) == 1
-    assert "exceeds max_len=24" in capsys.readouterr().err
+    assert main(["translate", "--checkpoint", str(checkpoint), long]) == 2
+    assert "the model reads at most 24" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t"])
+def test_translate_command_rejects_empty_text_instead_of_inventing_a_sentence(
+    checkpoint, capsys, text
+):
+    assert main(["translate", "--checkpoint", str(checkpoint), "Ein Hund läuft.", text]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not even the good sentence: the whole call is refused
+    assert "the text is empty: give a German sentence to translate" in captured.err

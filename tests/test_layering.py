@@ -37,6 +37,9 @@ LAYERS: list[tuple[str, set[str]]] = [
         "Part III, lesson 14: diagnosis, tuning, transfer, low resource",
         {"diagnosis", "tuning", "transfer", "lowresource"},
     ),  # fmt: skip
+    ("Part III, lesson 15: quantization", {"quantize"}),
+    ("Part III, lesson 15: export, Hugging Face", {"export", "hf"}),
+    ("Part III, lesson 15: serving", {"serve"}),
     ("Part III, lesson 16: modern components", {"modern"}),
     ("Part III, lesson 16: model families", {"families"}),
     ("on top: viz, checks, doctor", {"viz", "checks", "doctor"}),

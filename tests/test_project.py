@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _lock_pins() -> dict[str, str]:
     pins = {}
     for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
-        line = line.strip()
+        line = line.split(";")[0].strip()  # a pin may carry an environment marker
         if line and not line.startswith("#"):
             name, version = line.split("==")
             pins[name.lower().replace("_", "-")] = version

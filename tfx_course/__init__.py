@@ -40,15 +40,17 @@ from tfx_course import (
 from tfx_course.repro import seed_everything, setup_notebook
 
 __version__ = "0.1.0"
+_ON_FIRST_USE = ("viz", "quantize", "export", "hf", "serve")
 
 
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562 module attribute hook
-    # viz needs matplotlib, which a bare GPU machine may lack: import it on first use only,
+    # viz needs matplotlib, which a bare GPU machine may lack, and the deployment modules
+    # need torchao, onnx, ExecuTorch, transformers or starlette: import them on first use only,
     # so ``import tfx_course`` works with torch, tokenizers and sacrebleu alone.
-    if name == "viz":
+    if name in _ON_FIRST_USE:
         import importlib
 
-        return importlib.import_module("tfx_course.viz")
+        return importlib.import_module(f"tfx_course.{name}")
     raise AttributeError(f"module 'tfx_course' has no attribute {name!r}")
 
 
@@ -64,15 +66,19 @@ __all__ = [
     "diagnosis",
     "doctor",
     "evaluation",
+    "export",
     "families",
+    "hf",
     "interpret",
     "layers",
     "lowresource",
     "model",
     "modern",
     "pretrained",
+    "quantize",
     "repro",
     "seed_everything",
+    "serve",
     "setup_notebook",
     "training",
     "transfer",

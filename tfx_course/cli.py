@@ -158,6 +158,13 @@ def _translate(args: argparse.Namespace) -> int:
     if not texts:
         print("error: give sentences as arguments, or one per line on stdin", file=sys.stderr)
         return 2
+    from tfx_course.serve import InputError, check_text
+
+    try:  # the same rules as the server's: no empty text, nothing longer than the model reads
+        texts = [check_text(t, tokenizer, model.config.max_len) for t in texts]
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     max_len = min(args.max_len, model.config.max_len)
     try:
         outputs = translate(model, texts, tokenizer, tokenizer, max_len=max_len,
@@ -185,6 +192,52 @@ def _add_translate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-len", type=int, default=80, help="generate at most this many subwords")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     p.set_defaults(func=_translate)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from tfx_course.pretrained import course_checkpoint_dir, load_course_model
+    from tfx_course.serve import BatchingTranslator, create_app, translator_for
+
+    folder = args.checkpoint if args.checkpoint is not None else course_checkpoint_dir()
+    try:
+        model, tokenizer = load_course_model(folder)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.quantize is not None:
+        from tfx_course.quantize import quantize_model
+
+        model = quantize_model(model, args.quantize)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    translate_batch = translator_for(model, tokenizer, max_len=args.max_len)
+    batcher = BatchingTranslator(translate_batch, args.max_batch, args.max_wait_ms / 1000)
+    app = create_app(batcher, tokenizer, model.config.max_len)
+    print(f"serving the translator on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
+    from tfx_course.quantize import SCHEMES
+
+    p = sub.add_parser(
+        "serve", help="serve the translator over HTTP (JSON API with request batching, demo page)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--checkpoint", default=None,
+                   help="folder holding model.pt and tokenizer.json (default: the course model)")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=16, help="most requests decoded together")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests after its first (ms)")  # fmt: skip
+    p.add_argument("--max-len", type=int, default=80, help="generate at most this many subwords")
+    p.add_argument("--quantize", choices=SCHEMES, default=None, help="int8 quantize first")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=_serve)
 
 
 def _diagnose(args: argparse.Namespace) -> int:
@@ -227,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_train_command(sub)
     _add_translate_command(sub)
+    _add_serve_command(sub)
     _add_diagnose_command(sub)
     from tfx_course.grading.cli import add_commands as add_grade_commands
 

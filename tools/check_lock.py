@@ -32,6 +32,9 @@ PLATFORMS = {
     "Windows x86-64": "x86_64-pc-windows-msvc",
 }
 MACOS = "14.0"
+# Pure-Python packages published as source archives only (hydra-core and omegaconf, which
+# ExecuTorch needs, pin this one): building them needs no compiler, so they may be built.
+SOURCE_ONLY = ("antlr4-python3-runtime",)
 
 
 def supported_pythons(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
@@ -79,7 +82,8 @@ def resolve(python: str, platform: str, lock: Path = LOCK) -> tuple[bool, str, d
         out = Path(tmp) / "resolved.txt"
         done = subprocess.run(
             [str(uv), "pip", "compile", str(lock), "--python-version", python,
-             "--python-platform", platform, "--only-binary", ":all:", "--no-header",
+             "--python-platform", platform, "--only-binary", ":all:",
+             *(arg for name in SOURCE_ONLY for arg in ("--no-binary", name)), "--no-header",
              "--quiet", "--output-file", str(out)],
             capture_output=True, text=True, env=env, check=False,
         )  # fmt: skip
@@ -89,11 +93,31 @@ def resolve(python: str, platform: str, lock: Path = LOCK) -> tuple[bool, str, d
     return done.returncode == 0, because or (lines[-1] if lines else ""), resolved
 
 
-def verdict(ok: bool, error: str, resolved: dict[str, str], locked: dict[str, str]) -> str:
-    """Say in one line what resolving gave, against the lock's pins."""
+def conditional(text: str) -> set[str]:
+    """Return the normalised names the lock pins with an environment marker (``name==v ; ...``)."""
+    found = set()
+    for line in text.splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==[^\s;#]+\s*;", line.strip())
+        if m:
+            found.add(re.sub(r"[-_.]+", "-", m.group(1)).lower())
+    return found
+
+
+def verdict(
+    ok: bool, error: str, resolved: dict[str, str], locked: dict[str, str],
+    only_some: set[str] = frozenset(),
+) -> str:  # fmt: skip
+    """Say in one line what resolving gave, against the lock's pins.
+
+    A package in ``only_some`` (pinned with a marker) may be left out where its marker is false.
+    """
     if not ok:
         return f"cannot install ({error})"
-    moved = sorted(n for n in locked if resolved.get(n) != locked[n])
+    moved = sorted(
+        n
+        for n in locked
+        if resolved.get(n) != locked[n] and not (n in only_some and n not in resolved)
+    )
     if moved:
         return f"resolves other versions than the lock: {', '.join(moved)}"
     extra = sorted(set(resolved) - set(locked) - {"pip", "setuptools", "wheel"})
@@ -112,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda job: resolve(job[0], PLATFORMS[job[1]]), jobs))
     locked, failed = pins(LOCK.read_text()), 0
+    only_some = conditional(LOCK.read_text())
     for (py, name), (ok, error, resolved) in zip(jobs, results, strict=True):
-        line = verdict(ok, error, resolved, locked)
+        line = verdict(ok, error, resolved, locked, only_some)
         if line.startswith("installs") != (py != below):
             failed += 1
             line += "  <- unexpected"

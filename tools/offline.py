@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import install_torch  # noqa: E402 - tools/install_torch.py, beside this script
+from check_lock import SOURCE_ONLY  # noqa: E402 - pure-Python pins published as sources only
 
 README = """\
 tfx_course for a room without network: {platform}, Python {python}, torch {torch}.
@@ -79,7 +80,8 @@ def download_commands(
     download = [python, "-m", "pip", "download", "--disable-pip-version-check"]
     download += ["--only-binary", ":all:", "--dest", str(wheels)]
     torch = [*download, "--no-deps", install_torch.torch_pin(LOCK), *choice.pip_options]
-    rest = [*download, "-r", str(requirements), "-c", str(LOCK)]
+    sources = [arg for name in SOURCE_ONLY for arg in ("--no-binary", name)]
+    rest = [*download, *sources, "-r", str(requirements), "-c", str(LOCK)]
     return [torch, rest]
 
 

@@ -124,6 +124,7 @@ TITLES = {
     "12": "efficiency and scale",
     "13": "Transformer vs RNN and CNN",
     "14": "tuning and low-resource",
+    "15": "quantization and deployment",
     "16": "applications and trends",
 }
 
@@ -205,6 +206,10 @@ THREE_DAYS = [
     [("04", "both"), ("05", "both"), ("06", "both"), ("07", "both")],
     [("08", "both"), ("09", "both"), ("10", "both")],
 ]
+PART_THREE = [
+    [("11", "both"), ("12", "both"), ("13", "both")],
+    [("14", "both"), ("15", "both"), ("16", "both")],
+]
 ONE_DAY = [[("01", "both"), ("02", "both"), ("03", "read"), ("05", "both"), ("07", "read")]]
 
 
@@ -246,10 +251,10 @@ def _day_rows(cpu: dict, day: int, lessons: list[tuple[str, str]]) -> list[str]:
     return rows
 
 
-def plan(cpu: dict, days: list[list[tuple[str, str]]]) -> str:
+def plan(cpu: dict, days: list[list[tuple[str, str]]], first_day: int = 1) -> str:
     """Return a workshop plan (Markdown table): sessions with start times, breaks and lunch."""
     lines = ["| Day | Start | Session (minutes of each part) | Minutes |", "|---|---|---|---|"]
-    for number, lessons in enumerate(days, start=1):
+    for number, lessons in enumerate(days, start=first_day):
         lines += _day_rows(cpu, number, lessons)
     return "\n".join(lines)
 
@@ -271,12 +276,14 @@ def totals(cpu: dict) -> str:
 
 
 def workshop_plans(cpu: dict) -> str:
-    """Return the three-day and one-day plans (Markdown), with the course's total time."""
+    """Return the three-day, Part III and one-day plans (Markdown), with the course's total."""
     return "\n\n".join(
         [
             totals(cpu),
-            "**Three days**: every lesson and every exercise.",
+            "**Three days**: Parts I and II, every lesson and every exercise.",
             plan(cpu, THREE_DAYS),
+            "**Two more days** for Part III: every lesson and every exercise.",
+            plan(cpu, PART_THREE, first_day=len(THREE_DAYS) + 1),
             "**One day**: the attention path, from scores to a trained model.",
             plan(cpu, ONE_DAY),
         ]

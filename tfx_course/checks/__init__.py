@@ -15,8 +15,9 @@ learning rates: 09), ``decoding`` (greedy, sampling, length penalty, beam step, 
 attention rollout, integrated gradients: 11), ``efficiency`` (blockwise attention, gradient
 accumulation, a streaming batcher: 12), ``rnn_vs_transformer`` (the LSTM decoder's attention
 step, the path-length measurement: 13), ``tuning`` (the learning-rate range test, an
-overfitting detector, nested subsets: 14) and ``modern`` (RoPE, RMSNorm, the sliding-window
-mask: 16); ``core`` holds what they share.
+overfitting detector, nested subsets: 14), ``deployment`` (int8 quantize and dequantize, a
+batching queue, a parity measure: 15) and ``modern`` (RoPE, RMSNorm, the sliding-window mask:
+16); ``core`` holds what they share.
 
 Environment variables: ``TFX_COURSE_CHECK_TIMEOUT`` (seconds per call of learner code,
 default 10), ``TFX_COURSE_RESULTS`` (a file the grader reads, one JSON line per check) and
@@ -35,6 +36,11 @@ from tfx_course.checks.decoding import (
     check_length_penalty,
     check_sample_decode,
     check_top_p_filter,
+)
+from tfx_course.checks.deployment import (
+    check_int8_quantize,
+    check_max_difference,
+    check_take_batch,
 )
 from tfx_course.checks.efficiency import (
     check_accumulation_step,
@@ -120,6 +126,7 @@ __all__ = [
     "check_feed_forward",
     "check_gradient_reach",
     "check_greedy_decode",
+    "check_int8_quantize",
     "check_integrated_gradients",
     "check_label_smoothing",
     "check_layer_norm",
@@ -127,6 +134,7 @@ __all__ = [
     "check_lr_range_test",
     "check_mask_head",
     "check_masked_softmax",
+    "check_max_difference",
     "check_merge_heads",
     "check_merge_pair",
     "check_multi_head_attention",
@@ -147,6 +155,7 @@ __all__ = [
     "check_sliding_window_mask",
     "check_split_heads",
     "check_stream_batches",
+    "check_take_batch",
     "check_target_mask",
     "check_top_p_filter",
     "check_warmup_schedule",

@@ -62,6 +62,7 @@ LESSONS: dict[str, tuple[str, ...]] = {
     "12": ("blockwise_attention", "accumulation_step", "stream_batches"),
     "13": ("rnn_attention_step", "gradient_reach"),
     "14": ("lr_range_test", "overfitting_step", "nested_subsets"),
+    "15": ("int8_quantize", "take_batch", "max_difference"),
     "16": ("apply_rope", "rms_norm", "sliding_window_mask"),
 }
 

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python tools/applications.py                  # every part, about 15 minutes of CPU
     PYTHONPATH=. python tools/applications.py --parts vit speed
-    PYTHONPATH=. python tools/applications.py --quick --out /tmp/applications.json  # seconds
+    PYTHONPATH=. python tools/applications.py --quick --out applications.json  # seconds
 
 Writes ``results/applications_cpu.json`` (after every part, atomically): the machine, and for
 each part its settings, its measurements and the seconds it took.

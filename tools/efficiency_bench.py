@@ -3,7 +3,7 @@ attention's memory, a Transformer layer against an LSTM layer, bf16 autocast, to
 
     PYTHONPATH=. python tools/efficiency_bench.py                    # results/efficiency_cpu.json
     PYTHONPATH=. python tools/efficiency_bench.py --skip compile     # leave a part out
-    PYTHONPATH=. python tools/efficiency_bench.py --only compile --out /tmp/compile.json
+    PYTHONPATH=. python tools/efficiency_bench.py --only compile --out compile.json
 
 Everything runs on the CPU with one torch thread, as the lessons do (``--threads`` to change
 it). Times are the fastest of ``--repeats`` calls after a warm-up, the functions of one

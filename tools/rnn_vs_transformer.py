@@ -2,7 +2,7 @@
 
     TFX_COURSE_DATA=<folder holding multi30k/> PYTHONPATH=. nice -n 5 \\
         python tools/rnn_vs_transformer.py --threads 2          # the committed run
-    PYTHONPATH=. python tools/rnn_vs_transformer.py --steps 4 --eval-every 2 --out /tmp/try.json
+    PYTHONPATH=. python tools/rnn_vs_transformer.py --steps 4 --eval-every 2 --out try.json
 
 Writes ``results/rnn_vs_transformer.json``, one entry per model as it finishes (a run that is
 stopped keeps the models it finished; running again trains only the missing ones, ``--force``

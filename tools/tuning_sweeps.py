@@ -1,7 +1,7 @@
 """Sweep the knobs of lesson 14 on a small budget and record every run: a grid and Optuna.
 
     PYTHONPATH=. python tools/tuning_sweeps.py    # 53 min on 2 shared, heavily loaded CPU cores
-    PYTHONPATH=. python tools/tuning_sweeps.py --quick --out /tmp/s.json   # seconds: a smoke test
+    PYTHONPATH=. python tools/tuning_sweeps.py --quick --out s.json   # seconds: a smoke test
 
 The task: Multi30k German to English, the first 4,000 training pairs, one shared BPE vocabulary
 of 1,000 ids, the first 500 validation pairs; a small model (d_model 64, 2 + 2 layers, 4 heads,

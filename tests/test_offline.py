@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tfx_course.data.multi30k import MULTI30K_FILES, multi30k_status
+from tfx_course.data.tatoeba import TATOEBA_FILES, tatoeba_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,19 +117,21 @@ def test_fill_downloads_every_pin_of_the_lock_and_the_build_backend(offline, loa
     assert rest[rest.index("-r") + 1] == str(requirements) and "-c" in rest
 
 
-def test_the_data_goes_to_the_stick_and_into_the_cache_checked(offline, data_root, tmp_path):
+def test_the_data_goes_to_the_stick_and_into_the_cache_checked(offline, data_root, tatoeba_root, tmp_path):  # fmt: skip
+    assert data_root == tatoeba_root  # one data root holds both, as in the cache
     bundle = tmp_path / "bundle"
-    folder = offline.copy_data(data_root, bundle)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(MULTI30K_FILES)
+    multi30k, tatoeba = offline.copy_data(data_root, bundle)
+    assert sorted(p.name for p in multi30k.iterdir()) == sorted(MULTI30K_FILES)
+    assert sorted(p.name for p in tatoeba.iterdir()) == sorted(TATOEBA_FILES)
     cache = tmp_path / "cache"
     offline.install_data(bundle, cache)
     assert set(multi30k_status(cache).values()) == {"ok"}
+    assert set(tatoeba_status(cache).values()) == {"ok"}
     offline.install_data(bundle, cache)  # again: nothing to do, still fine
-    name = next(iter(MULTI30K_FILES))
-    (folder / name).write_bytes(b"not the file")
+    (tatoeba / next(iter(TATOEBA_FILES))).write_bytes(b"not the file")
     with pytest.raises(SystemExit, match="missing or corrupt"):
         offline.install_data(bundle, tmp_path / "other")
-    with pytest.raises(SystemExit, match="tfx-course data download"):
+    with pytest.raises(SystemExit, match="Multi30k is not complete.*tfx-course data download"):
         offline.copy_data(tmp_path / "empty", tmp_path / "bundle2")
 
 

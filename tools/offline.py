@@ -7,12 +7,13 @@
   wheels/       every pin of requirements/lock.txt and the build backend (pyproject.toml's
                 build-system), as wheels for this platform and this Python; torch is the build
                 `make setup` would pick here (the CPU build on Linux without an NVIDIA GPU)
-  data/multi30k the six Multi30k files, checked against their sha256, from the data cache
-                (or $TFX_COURSE_DATA; `tfx-course data download` fills it)
+  data/         the six Multi30k files (multi30k/) and Tatoeba's zip (tatoeba-fra-eng/), each
+                checked against its sha256, from the data cache (or $TFX_COURSE_DATA;
+                `tfx-course data download` fills it)
   tfx_course/   the course's files as git tracks them (lessons, exercises, Makefile, ...)
   README.txt    what the folder holds, for which platform, and the two commands
 The course checkpoint and the student notebooks are package data: they come with tfx_course/.
-`install-data` copies data/multi30k into the data cache, checking every file.
+`install-data` copies data/ into the data cache, checking every file.
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tfx_course.data.multi30k import MULTI30K_FILES, multi30k_folder, multi30k_status, sha256_file
+from tfx_course.data.tatoeba import TATOEBA_FILES, tatoeba_folder, tatoeba_status
 from tfx_course.files import atomic_open, atomic_write_text
 from tfx_course.grading.classroom import course_files
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
+# Each data set the lessons read: its files and sha256, where it lives under a root, its state.
+DATASETS = {
+    "Multi30k": (MULTI30K_FILES, multi30k_folder, multi30k_status),
+    "Tatoeba": (TATOEBA_FILES, tatoeba_folder, tatoeba_status),
+}
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import install_torch  # noqa: E402 - tools/install_torch.py, beside this script
 from check_lock import SOURCE_ONLY  # noqa: E402 - pure-Python pins published as sources only
@@ -41,7 +48,7 @@ README = """\
 tfx_course for a room without network: {platform}, Python {python}, torch {torch}.
 
   wheels/          every package the course installs, for this platform and Python only
-  data/multi30k/   the course data (Multi30k), sha256-checked
+  data/            the course data (Multi30k, Tatoeba), sha256-checked
   tfx_course/      the course
 
 On each laptop of this kind, after copying this whole folder from the stick:
@@ -85,36 +92,43 @@ def download_commands(
     return [torch, rest]
 
 
-def copy_data(source_root: Path | None, dest: Path) -> Path:
-    """Copy the six Multi30k files, all verified, into ``dest/data/multi30k``."""
-    states = multi30k_status(source_root)
-    bad = [name for name, state in states.items() if state != "ok"]
-    folder = multi30k_folder(source_root)
-    if bad:
-        raise SystemExit(
-            f"Multi30k is not complete in {folder} ({', '.join(bad)}): run `tfx-course data "
-            "download` first (or set TFX_COURSE_DATA to the folder that holds multi30k/)"
-        )
-    target = dest / "data" / "multi30k"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in MULTI30K_FILES:
-        shutil.copyfile(folder / name, target / name)
-    return target
+def copy_data(source_root: Path | None, dest: Path) -> list[Path]:
+    """Copy every data set's files, all verified, into ``dest/data/<its folder>``."""
+    targets = []
+    for name, (expected, folder_of, status_of) in DATASETS.items():
+        folder = folder_of(source_root)
+        bad = [file for file, state in status_of(source_root).items() if state != "ok"]
+        if bad:
+            raise SystemExit(
+                f"{name} is not complete in {folder} ({', '.join(bad)}): run `tfx-course data "
+                f"download` first (or set TFX_COURSE_DATA to the folder that holds {folder.name}/)"
+            )
+        target = dest / "data" / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for file in expected:
+            shutil.copyfile(folder / file, target / file)
+        targets.append(target)
+    return targets
 
 
-def install_data(bundle: Path, root: Path | None = None) -> Path:
-    """Copy ``bundle/data/multi30k`` into the data cache (or ``root``), checking every sha256."""
-    source = bundle / "data" / "multi30k"
-    target = multi30k_folder(root)
-    for name, expected in MULTI30K_FILES.items():
-        path = source / name
-        if not path.is_file() or sha256_file(path) != expected:
-            raise SystemExit(f"{path} is missing or corrupt: copy the folder from the stick again")
-        if (target / name).is_file() and sha256_file(target / name) == expected:
-            continue
-        with atomic_open(target / name, "wb") as out, open(path, "rb") as f:
-            shutil.copyfileobj(f, out)
-    return target
+def install_data(bundle: Path, root: Path | None = None) -> list[Path]:
+    """Copy ``bundle/data/`` into the data cache (or ``root``), checking every sha256."""
+    targets = []
+    for expected, folder_of, _ in DATASETS.values():
+        target = folder_of(root)
+        source = bundle / "data" / target.name
+        for file, digest in expected.items():
+            path = source / file
+            if not path.is_file() or sha256_file(path) != digest:
+                raise SystemExit(
+                    f"{path} is missing or corrupt: copy the folder from the stick again"
+                )
+            if (target / file).is_file() and sha256_file(target / file) == digest:
+                continue
+            with atomic_open(target / file, "wb") as out, open(path, "rb") as f:
+                shutil.copyfileobj(f, out)
+        targets.append(target)
+    return targets
 
 
 def copy_course(root: Path, dest: Path) -> int:
@@ -141,7 +155,7 @@ def fill(dest: Path, data_root: Path | None = None) -> None:
         requirements.write_text(requirements_text(), encoding="utf-8")
         for command in download_commands(sys.executable, wheels, requirements, choice):
             subprocess.run(command, check=True)
-    print(f"data:  {copy_data(data_root, dest)}", flush=True)
+    print(f"data:  {', '.join(str(t) for t in copy_data(data_root, dest))}", flush=True)
     print(f"course: {copy_course(ROOT, dest / 'tfx_course')} files", flush=True)
     torch_wheel = next(wheels.glob("torch-*.whl")).name.split("-")[1]
     text = README.format(platform=platform.platform(), python=platform.python_version(), torch=torch_wheel)  # fmt: skip
@@ -153,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fill", help="fill a folder with wheels, data and the course")
     f.add_argument("dest", type=Path)
-    f.add_argument("--data-root", type=Path, help="folder holding multi30k/ (default: the cache)")
+    f.add_argument("--data-root", type=Path, help="folder holding the data (default: the cache)")
     i = sub.add_parser("install-data", help="copy a folder's data into the data cache")
     i.add_argument("bundle", type=Path, help="the folder `fill` wrote")
     args = p.parse_args(argv)
@@ -162,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = sum(p.stat().st_size for p in args.dest.rglob("*") if p.is_file())
         print(f"{args.dest}: {size / 1e6:.0f} MB; see {args.dest / 'README.txt'}")
     else:
-        print(f"Multi30k: all six files checked and in {install_data(args.bundle)}")
+        for target in install_data(args.bundle):
+            print(f"data: every file checked and in {target}")
     return 0
 
 

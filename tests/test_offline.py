@@ -105,7 +105,7 @@ def test_fill_downloads_every_pin_of_the_lock_and_the_build_backend(offline, loa
     requirements.write_text(offline.requirements_text())
     listed = requirements.read_text().splitlines()
     torch_pin = next(pin for pin in lock if pin.startswith("torch=="))
-    assert sorted([*listed, torch_pin]) == sorted(lock + ["setuptools>=77"])
+    assert sorted([*listed, torch_pin]) == sorted(lock + ["setuptools>=77", "wheel"])
     cpu = install_torch.Choice("cpu", "")
     torch, rest = offline.download_commands("py", tmp_path / "wheels", requirements, cpu)
     for command in (torch, rest):

@@ -75,9 +75,11 @@ def build_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
 
 
 def requirements_text(lock: Path = LOCK, pyproject: Path = ROOT / "pyproject.toml") -> str:
-    """Return the requirements `fill` downloads besides torch: every other pin, the backend."""
+    """Return what `fill` downloads besides torch: every other pin, the build backends."""
     pins = [pin for pin in lock_pins(lock) if not pin.lower().startswith("torch==")]
-    return "\n".join(pins + build_requirements(pyproject)) + "\n"
+    # pip builds a source-only package (no pyproject.toml) with setuptools and wheel.
+    legacy_build = ["wheel"] if SOURCE_ONLY else []
+    return "\n".join(pins + build_requirements(pyproject) + legacy_build) + "\n"
 
 
 def download_commands(

@@ -190,3 +190,11 @@ def test_cli_data_status_and_download_cover_tatoeba(capsys, tatoeba_root, tmp_pa
     assert "Tatoeba: all files present and verified" in capsys.readouterr().out
     assert main(["data", "status", "--dataset", "tatoeba", "--root", str(tmp_path)]) == 1
     assert "missing  fra-eng.zip" in capsys.readouterr().out
+
+
+def test_the_command_line_names_every_data_set_of_the_table():
+    from tfx_course import cli
+    from tfx_course.data.datasets import DATASETS
+
+    assert cli.DATASETS == tuple(DATASETS)
+    assert [data.name for data in cli._data_sets("all")] == ["Multi30k", "Tatoeba"]

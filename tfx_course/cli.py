@@ -17,38 +17,35 @@ def _doctor(args: argparse.Namespace) -> int:
     return 1 if report.blocking or (args.strict and report.problems) else 0
 
 
+# The names of tfx_course.data.datasets.DATASETS, here so that `--help` needs no torch import.
 DATASETS = ("multi30k", "tatoeba")
 
 
-def _data_sets(choice: str) -> list[tuple[str, object, object, object]]:
-    """Return (name, download, status, folder) of each data set ``choice`` names ("all": every one)."""
-    from tfx_course.data import multi30k, tatoeba
+def _data_sets(choice: str) -> list:
+    """Return the data sets ``choice`` names ("all": every one), as ``DataSet`` rows."""
+    from tfx_course.data.datasets import DATASETS as KNOWN
 
-    known = {
-        "multi30k": ("Multi30k", multi30k.download_multi30k, multi30k.multi30k_status, multi30k.multi30k_folder),
-        "tatoeba": ("Tatoeba", tatoeba.download_tatoeba, tatoeba.tatoeba_status, tatoeba.tatoeba_folder),
-    }  # fmt: skip
-    return [known[name] for name in (DATASETS if choice == "all" else (choice,))]
+    return [KNOWN[name] for name in (DATASETS if choice == "all" else (choice,))]
 
 
 def _data_download(args: argparse.Namespace) -> int:
     from tfx_course.data.download import DataError
 
-    for name, download, _, _ in _data_sets(args.dataset):
+    for data in _data_sets(args.dataset):
         try:
-            folder = download(args.root, force=args.force)
+            folder = data.download(args.root, force=args.force)
         except DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        print(f"{name}: all files present and verified in {folder}")
+        print(f"{data.name}: all files present and verified in {folder}")
     return 0
 
 
 def _data_status(args: argparse.Namespace) -> int:
     bad = []
-    for name, _, status, folder in _data_sets(args.dataset):
-        states = status(args.root)
-        print(f"{name} folder: {folder(args.root)}")
+    for data in _data_sets(args.dataset):
+        states = data.status(args.root)
+        print(f"{data.name} folder: {data.folder(args.root)}")
         for file, state in states.items():
             print(f"  {state:<8} {file}")
         bad += [file for file, state in states.items() if state != "ok"]

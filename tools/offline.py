@@ -28,18 +28,13 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from tfx_course.data.multi30k import MULTI30K_FILES, multi30k_folder, multi30k_status, sha256_file
-from tfx_course.data.tatoeba import TATOEBA_FILES, tatoeba_folder, tatoeba_status
+from tfx_course.data.datasets import DATASETS
+from tfx_course.data.download import sha256_file
 from tfx_course.files import atomic_open, atomic_write_text
 from tfx_course.grading.classroom import course_files
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
-# Each data set the lessons read: its files and sha256, where it lives under a root, its state.
-DATASETS = {
-    "Multi30k": (MULTI30K_FILES, multi30k_folder, multi30k_status),
-    "Tatoeba": (TATOEBA_FILES, tatoeba_folder, tatoeba_status),
-}
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import install_torch  # noqa: E402 - tools/install_torch.py, beside this script
 from check_lock import SOURCE_ONLY  # noqa: E402 - pure-Python pins published as sources only
@@ -97,17 +92,17 @@ def download_commands(
 def copy_data(source_root: Path | None, dest: Path) -> list[Path]:
     """Copy every data set's files, all verified, into ``dest/data/<its folder>``."""
     targets = []
-    for name, (expected, folder_of, status_of) in DATASETS.items():
-        folder = folder_of(source_root)
-        bad = [file for file, state in status_of(source_root).items() if state != "ok"]
+    for data in DATASETS.values():
+        folder = data.folder(source_root)
+        bad = [file for file, state in data.status(source_root).items() if state != "ok"]
         if bad:
             raise SystemExit(
-                f"{name} is not complete in {folder} ({', '.join(bad)}): run `tfx-course data "
+                f"{data.name} is not complete in {folder} ({', '.join(bad)}): run `tfx-course data "
                 f"download` first (or set TFX_COURSE_DATA to the folder that holds {folder.name}/)"
             )
         target = dest / "data" / folder.name
         target.mkdir(parents=True, exist_ok=True)
-        for file in expected:
+        for file in data.files:
             shutil.copyfile(folder / file, target / file)
         targets.append(target)
     return targets
@@ -116,10 +111,10 @@ def copy_data(source_root: Path | None, dest: Path) -> list[Path]:
 def install_data(bundle: Path, root: Path | None = None) -> list[Path]:
     """Copy ``bundle/data/`` into the data cache (or ``root``), checking every sha256."""
     targets = []
-    for expected, folder_of, _ in DATASETS.values():
-        target = folder_of(root)
+    for data in DATASETS.values():
+        target = data.folder(root)
         source = bundle / "data" / target.name
-        for file, digest in expected.items():
+        for file, digest in data.files.items():
             path = source / file
             if not path.is_file() or sha256_file(path) != digest:
                 raise SystemExit(
